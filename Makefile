@@ -1,0 +1,59 @@
+# libsafeconc - the commands in README.md. CMake does the building underneath.
+#   make            build build/libsafeconc.so
+#   make test       build and run every test (ctest)
+#   make test-asan  the same suite under AddressSanitizer + UBSan (build-asan/)
+#   make test-tsan  the same suite under ThreadSanitizer (build-tsan/)
+#   make lint       clang-format check + clang -Wthread-safety -Werror build (build-lint/)
+#   make bench      benchmarks, printed as tables
+#   make demo       the main job (see README)
+JOBS ?= 2
+CMAKE_FLAGS ?=
+CTEST_FLAGS ?= --output-on-failure -j$(JOBS)
+SOURCES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null || find include ext vfs tests bench -name '*.cc' -o -name '*.h')
+
+.PHONY: all build deps test test-asan test-tsan lint format bench demo clean
+
+all: build
+
+deps:
+	@.ci/deps.sh check
+
+build: deps
+	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build -j$(JOBS)
+
+test: build
+	ctest --test-dir build $(CTEST_FLAGS)
+
+# The shell and python tests load the .so into uninstrumented programs (sqlite3, python3),
+# which cannot host a sanitizer runtime; the sanitizer runs cover every C++ test.
+test-asan: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSAFECONC_SANITIZE=address $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-asan -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir build-asan $(CTEST_FLAGS) -LE 'shell|python|node'
+
+test-tsan: deps
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAFECONC_SANITIZE=thread $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-tsan -j$(JOBS)
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+	  ctest --test-dir build-tsan $(CTEST_FLAGS) -LE 'shell|python|node'
+
+lint: deps
+	clang-format --dry-run -Werror $(SOURCES)
+	@cmake -S . -B build-lint -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
+	  -DSAFECONC_THREAD_SAFETY=ON $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-lint -j$(JOBS)
+
+format:
+	clang-format -i $(SOURCES)
+
+bench: build
+	@cmake --build build -j$(JOBS) --target benches
+	@bench/run.sh build
+
+demo: build
+	@sql/demo.sh build
+
+clean:
+	rm -rf build build-asan build-tsan build-lint

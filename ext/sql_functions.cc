@@ -1,0 +1,93 @@
+// sql_functions.cc - the SQL surface every connection gets after loading:
+//   safeconc_version()              -> '0.1.0' (from the VERSION file)
+//   safeconc_stats()                -> JSON: the VFS, process-wide and per-database counters
+//   safeconc_config(name[, value])  -> reads / sets the process-wide default of a knob
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT3
+
+#include <string>
+
+#include "ext/internal.h"
+#include "safeconc_version.h"
+#include "vfs/json.h"
+#include "vfs/knobs.h"
+#include "vfs/shim.h"
+
+namespace safeconc {
+namespace {
+
+void ResultString(sqlite3_context* ctx, const std::string& s) {
+  sqlite3_result_text64(ctx, s.data(), s.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+}
+
+void VersionFunc(sqlite3_context* ctx, int, sqlite3_value**) {
+  sqlite3_result_text(ctx, SAFECONC_VERSION, -1, SQLITE_STATIC);
+}
+
+void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
+  try {
+    JsonWriter w;
+    w.BeginObject().Field("version", std::string(SAFECONC_VERSION));
+    WriteVfsJson(w);
+    Registry::Get().WriteProcessJson(w);
+    w.EndObject();
+    ResultString(ctx, w.str());
+  } catch (...) {
+    sqlite3_result_error_nomem(ctx);
+  }
+}
+
+void ConfigFunc(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  try {
+    const char* name = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+    Knob k;
+    if (!KnobByName(name, &k)) {
+      const std::string msg = std::string("safeconc_config: unknown knob '") + (name ? name : "") +
+                              "': expected safeconc_timeout, safeconc_txn or safeconc_call_timeout";
+      sqlite3_result_error(ctx, msg.c_str(), -1);
+      return;
+    }
+    if (argc == 2) {
+      const char* text = reinterpret_cast<const char*>(sqlite3_value_text(argv[1]));
+      int64_t v;
+      std::string err;
+      if (!ParseKnob(k, text, &v, &err)) {
+        sqlite3_result_error(ctx, err.c_str(), -1);
+        return;
+      }
+      SetDefaultKnob(k, v);
+    }
+    ResultString(ctx, FormatKnob(k, DefaultKnob(k)));
+  } catch (...) {
+    sqlite3_result_error_nomem(ctx);
+  }
+}
+
+struct FuncDef {
+  const char* name;
+  int nargs;
+  int flags;
+  void (*fn)(sqlite3_context*, int, sqlite3_value**);
+};
+
+// Diagnostics and configuration are DIRECTONLY: a schema someone else wrote (a view, a
+// trigger) cannot read file paths or change process defaults through them.
+const FuncDef kFuncs[] = {
+    {"safeconc_version", 0, SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, VersionFunc},
+    {"safeconc_stats", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, StatsFunc},
+    {"safeconc_config", 1, SQLITE_UTF8 | SQLITE_DIRECTONLY, ConfigFunc},
+    {"safeconc_config", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, ConfigFunc},
+};
+
+}  // namespace
+
+int RegisterSqlFunctions(sqlite3* db) {
+  for (const FuncDef& f : kFuncs) {
+    int rc = sqlite3_create_function_v2(db, f.name, f.nargs, f.flags, nullptr, f.fn, nullptr,
+                                        nullptr, nullptr);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return SQLITE_OK;
+}
+
+}  // namespace safeconc

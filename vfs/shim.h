@@ -1,0 +1,60 @@
+// shim.h - the `safeconc` VFS: internal interface shared by vfs/ and ext/.
+//
+// The VFS wraps the VFS that was the process default when the extension was loaded
+// (normally "unix"). Main database files get a ShimFile in front of the base file; journals,
+// WAL files and temp files are opened by the base VFS directly and never see the shim.
+// Every method of a ShimFile forwards to the base file; the lock methods and
+// xFileControl are the only places with logic of their own.
+//
+// Thread safety: SQLite never calls two methods of one sqlite3_file at once, so a ShimFile's
+// plain fields are owned by whichever thread is inside SQLite for that connection.
+// Fields read by other threads (knobs, counters) are atomics.
+#ifndef SAFECONC_VFS_SHIM_H
+#define SAFECONC_VFS_SHIM_H
+
+#include <sqlite3.h>
+
+#include <string>
+
+#include "vfs/knobs.h"
+#include "vfs/registry.h"
+
+namespace safeconc {
+
+constexpr const char* kVfsName = "safeconc";
+
+// One open main-database file (one per connection per attached database). SQLite
+// allocates szOsFile bytes for it; the base VFS's file lives right after this struct.
+struct alignas(16) ShimFile {
+  sqlite3_file base;           // must be first: SQLite sees only this
+  // Constant after xOpen.
+  sqlite3_vfs* base_vfs;       // the wrapped VFS
+  DbEntry* entry;              // the registry entry for this file's inode
+  const char* path;            // the name SQLite opened (owned by SQLite, valid until xClose)
+  // Written by the connection's thread, read by diagnostics anywhere (atomics inside).
+  KnobSet knobs;               // this connection's knob values
+  LockCounters counters;       // this handle's lock calls
+  // Owned by the connection's thread.
+  int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
+  void* busy_arg = nullptr;
+};
+
+// The base file, stored right after the ShimFile.
+inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_file*>(p + 1); }
+
+// Registers the VFS (once per process; later calls are harmless) and makes it the
+// default. Returns an SQLite code; on failure *err says why.
+int RegisterVfs(std::string* err);
+
+// The io_methods table for a base file of the given iVersion (1..3).
+const sqlite3_io_methods* ShimMethods(int base_version);
+
+// True if `f` is a main-database file opened through the safeconc VFS.
+bool IsShimFile(const sqlite3_file* f);
+
+// The VFS's own diagnostics: name, base, whether it is still the default.
+void WriteVfsJson(JsonWriter& w);
+
+}  // namespace safeconc
+
+#endif  // SAFECONC_VFS_SHIM_H

@@ -1,0 +1,194 @@
+// shim_file.cc - the io_methods of a main-database file opened through `safeconc`.
+//
+// Every method forwards to the base file (OrigFile). POSIX locks are per process and the
+// unix VFS keeps per-inode bookkeeping only it can keep right, so the lock methods always
+// reach the base: the coordinator is a gate in front of them, never a replacement.
+// xFileControl answers the safeconc PRAGMAs and tags SQLITE_FCNTL_VFSNAME.
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT3
+
+#include <strings.h>
+
+#include <new>
+
+#include "vfs/shim.h"
+
+namespace safeconc {
+namespace {
+
+ShimFile* Shim(sqlite3_file* f) { return reinterpret_cast<ShimFile*>(f); }
+sqlite3_file* Orig(sqlite3_file* f) { return OrigFile(Shim(f)); }
+
+// ---- Pass-through methods -----------------------------------------------------
+int ShimRead(sqlite3_file* f, void* buf, int n, sqlite3_int64 off) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xRead(o, buf, n, off);
+}
+int ShimWrite(sqlite3_file* f, const void* buf, int n, sqlite3_int64 off) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xWrite(o, buf, n, off);
+}
+int ShimTruncate(sqlite3_file* f, sqlite3_int64 size) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xTruncate(o, size);
+}
+int ShimSync(sqlite3_file* f, int flags) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xSync(o, flags);
+}
+int ShimFileSize(sqlite3_file* f, sqlite3_int64* size) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xFileSize(o, size);
+}
+int ShimSectorSize(sqlite3_file* f) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xSectorSize(o);
+}
+int ShimDeviceCharacteristics(sqlite3_file* f) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xDeviceCharacteristics(o);
+}
+int ShimShmMap(sqlite3_file* f, int pg, int pgsz, int extend, void volatile** pp) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xShmMap(o, pg, pgsz, extend, pp);
+}
+void ShimShmBarrier(sqlite3_file* f) {
+  sqlite3_file* o = Orig(f);
+  o->pMethods->xShmBarrier(o);
+}
+int ShimShmUnmap(sqlite3_file* f, int delete_flag) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xShmUnmap(o, delete_flag);
+}
+int ShimFetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xFetch(o, off, amt, pp);
+}
+int ShimUnfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
+  sqlite3_file* o = Orig(f);
+  return o->pMethods->xUnfetch(o, off, p);
+}
+
+// ---- Lock methods: counted, then forwarded ------------------------------------------
+int ShimLock(sqlite3_file* f, int level) {
+  ShimFile* p = Shim(f);
+  p->counters.Bump(LockCounters::kLock);
+  sqlite3_file* o = OrigFile(p);
+  return o->pMethods->xLock(o, level);
+}
+int ShimUnlock(sqlite3_file* f, int level) {
+  ShimFile* p = Shim(f);
+  p->counters.Bump(LockCounters::kUnlock);
+  sqlite3_file* o = OrigFile(p);
+  return o->pMethods->xUnlock(o, level);
+}
+int ShimCheckReservedLock(sqlite3_file* f, int* out) {
+  ShimFile* p = Shim(f);
+  p->counters.Bump(LockCounters::kCheckReserved);
+  sqlite3_file* o = OrigFile(p);
+  return o->pMethods->xCheckReservedLock(o, out);
+}
+int ShimShmLock(sqlite3_file* f, int offset, int n, int flags) {
+  ShimFile* p = Shim(f);
+  p->counters.Bump(LockCounters::kShmLock);
+  sqlite3_file* o = OrigFile(p);
+  return o->pMethods->xShmLock(o, offset, n, flags);
+}
+
+// ---- Close --------------------------------------------------------------------------
+int ShimClose(sqlite3_file* f) {
+  ShimFile* p = Shim(f);
+  sqlite3_file* o = OrigFile(p);
+  // Unregister first: once Release returns no diagnostics thread can reach p's counters.
+  Registry::Get().Release(p->entry, &p->counters);
+  int rc = o->pMethods ? o->pMethods->xClose(o) : SQLITE_OK;
+  p->~ShimFile();
+  return rc;
+}
+
+// ---- File control: PRAGMAs and the VFS name ----------------------------------------------
+char* Dup(const std::string& s) { return sqlite3_mprintf("%s", s.c_str()); }
+
+// Answers `PRAGMA safeconc_*` for this connection. Returns SQLITE_NOTFOUND for other pragmas.
+int HandlePragma(ShimFile* p, char** az) {
+  const char* name = az[1];
+  const char* arg = az[2];
+  if (strcasecmp(name, "safeconc_stats") == 0) {
+    if (arg != nullptr) {
+      az[0] = sqlite3_mprintf("safeconc_stats: takes no value (got '%s')", arg);
+      return SQLITE_ERROR;
+    }
+    JsonWriter w;
+    Registry::Get().WriteEntryJson(w, p->entry);
+    az[0] = Dup(w.str());
+    return SQLITE_OK;
+  }
+  Knob k;
+  if (!KnobByName(name, &k)) return SQLITE_NOTFOUND;
+  if (arg != nullptr) {
+    int64_t v;
+    std::string err;
+    if (!ParseKnob(k, arg, &v, &err)) {
+      az[0] = Dup(err);
+      return SQLITE_ERROR;
+    }
+    p->knobs.Set(k, v);
+  }
+  az[0] = Dup(FormatKnob(k, p->knobs.Get(k)));
+  return SQLITE_OK;
+}
+
+int ShimFileControl(sqlite3_file* f, int op, void* arg) {
+  ShimFile* p = Shim(f);
+  sqlite3_file* o = OrigFile(p);
+  switch (op) {
+    case SQLITE_FCNTL_PRAGMA: {
+      int rc = HandlePragma(p, static_cast<char**>(arg));
+      if (rc != SQLITE_NOTFOUND) return rc;
+      break;
+    }
+    case SQLITE_FCNTL_BUSYHANDLER: {
+      // SQLite hands every VFS its wrapper around the connection's busy handler; keep it so
+      // the lock path can run the handler. Still forwarded below.
+      void** ap = static_cast<void**>(arg);
+      p->busy_fn = reinterpret_cast<int (*)(void*)>(ap[0]);
+      p->busy_arg = ap[1];
+      break;
+    }
+    default:
+      break;
+  }
+  int rc = o->pMethods->xFileControl(o, op, arg);
+  if (op == SQLITE_FCNTL_VFSNAME && rc == SQLITE_OK) {
+    char** out = static_cast<char**>(arg);
+    *out = sqlite3_mprintf("%s/%z", kVfsName, *out);
+  }
+  return rc;
+}
+
+// Method tables, one per base iVersion: SQLite checks iVersion before using the v2 (WAL)
+// and v3 (mmap) slots, so we must not advertise what the base lacks.
+#define SAFECONC_IO_METHODS(version)                                                  \
+  {                                                                                   \
+    version, ShimClose, ShimRead, ShimWrite, ShimTruncate, ShimSync, ShimFileSize,    \
+        ShimLock, ShimUnlock, ShimCheckReservedLock, ShimFileControl, ShimSectorSize, \
+        ShimDeviceCharacteristics, ShimShmMap, ShimShmLock, ShimShmBarrier,           \
+        ShimShmUnmap, ShimFetch, ShimUnfetch                                          \
+  }
+const sqlite3_io_methods kMethods[3] = {SAFECONC_IO_METHODS(1), SAFECONC_IO_METHODS(2),
+                                        SAFECONC_IO_METHODS(3)};
+#undef SAFECONC_IO_METHODS
+
+}  // namespace
+
+const sqlite3_io_methods* ShimMethods(int base_version) {
+  if (base_version < 1) base_version = 1;
+  if (base_version > 3) base_version = 3;
+  return &kMethods[base_version - 1];
+}
+
+bool IsShimFile(const sqlite3_file* f) {
+  return f != nullptr && f->pMethods >= &kMethods[0] && f->pMethods <= &kMethods[2];
+}
+
+}  // namespace safeconc

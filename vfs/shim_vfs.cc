@@ -1,0 +1,197 @@
+// shim_vfs.cc - the `safeconc` VFS object.
+//
+// Loaded with the extension (`.load ./build/libsafeconc`, sqlite3_load_extension), it is
+// registered once per process as the default VFS, wrapping whatever was the default then
+// (normally "unix"). `file:x.db?vfs=safeconc` selects it explicitly; `?vfs=unix` opts out.
+// The knobs may be given as URI parameters; a bad value fails the open and is logged
+// through sqlite3_log (SQLite reports every xOpen failure as "unable to open database
+// file", so the log is where the reason is).
+//
+// Thread safety: registration is serialised by a mutex; after it, g_vfs and the base VFS
+// pointer are constant. The VFS methods are called concurrently from any thread and hold
+// no state of their own.
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT3
+
+#include <new>
+
+#include "vfs/shim.h"
+
+namespace safeconc {
+namespace {
+
+sqlite3_vfs* BaseVfs(sqlite3_vfs* v) { return static_cast<sqlite3_vfs*>(v->pAppData); }
+
+// Applies the URI knobs of `name` to `knobs`. Returns false (and logs) on a bad value.
+bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
+  for (int i = 0; i < kKnobCount; ++i) {
+    const Knob k = static_cast<Knob>(i);
+    const char* text = sqlite3_uri_parameter(name, KnobName(k));
+    if (text == nullptr) continue;
+    int64_t v;
+    std::string err;
+    if (!ParseKnob(k, text, &v, &err)) {
+      sqlite3_log(SQLITE_CANTOPEN, "safeconc: cannot open %s: URI parameter %s", name,
+                  err.c_str());
+      return false;
+    }
+    knobs->Set(k, v);
+  }
+  return true;
+}
+
+int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags,
+             int* out_flags) {
+  sqlite3_vfs* base = BaseVfs(vfs);
+  // Journals, WAL and temp files go straight to the base: only the main database's locks
+  // are coordinated, and the base file then owns pMethods (as cksumvfs does).
+  if ((flags & SQLITE_OPEN_MAIN_DB) == 0 || name == nullptr) {
+    return base->xOpen(base, name, f, flags, out_flags);
+  }
+  ShimFile* p;
+  try {
+    p = new (f) ShimFile();
+  } catch (...) {  // KnobSet cannot throw today; stay safe if it ever allocates
+    f->pMethods = nullptr;
+    return SQLITE_NOMEM;
+  }
+  p->base.pMethods = nullptr;  // until the base file is open: xOpen failure leaves it NULL
+  p->base_vfs = base;
+  p->path = name;
+  if (!ApplyUriKnobs(name, &p->knobs)) {
+    p->~ShimFile();
+    return SQLITE_CANTOPEN;
+  }
+  sqlite3_file* o = OrigFile(p);
+  int rc = base->xOpen(base, name, o, flags, out_flags);
+  if (rc != SQLITE_OK) {
+    // The base may have set its own pMethods on failure; it owns the cleanup then.
+    if (o->pMethods) o->pMethods->xClose(o);
+    p->~ShimFile();
+    f->pMethods = nullptr;
+    return rc;
+  }
+  try {
+    p->entry = Registry::Get().Acquire(name, &p->counters);
+  } catch (...) {
+    o->pMethods->xClose(o);
+    p->~ShimFile();
+    f->pMethods = nullptr;
+    return SQLITE_NOMEM;
+  }
+  p->base.pMethods = ShimMethods(o->pMethods->iVersion);
+  return SQLITE_OK;
+}
+
+// ---- Pass-through VFS methods ---------------------------------------------------------
+int ShimDelete(sqlite3_vfs* v, const char* name, int sync_dir) {
+  return BaseVfs(v)->xDelete(BaseVfs(v), name, sync_dir);
+}
+int ShimAccess(sqlite3_vfs* v, const char* name, int flags, int* out) {
+  return BaseVfs(v)->xAccess(BaseVfs(v), name, flags, out);
+}
+int ShimFullPathname(sqlite3_vfs* v, const char* name, int n, char* out) {
+  return BaseVfs(v)->xFullPathname(BaseVfs(v), name, n, out);
+}
+void* ShimDlOpen(sqlite3_vfs* v, const char* path) { return BaseVfs(v)->xDlOpen(BaseVfs(v), path); }
+void ShimDlError(sqlite3_vfs* v, int n, char* msg) { BaseVfs(v)->xDlError(BaseVfs(v), n, msg); }
+void (*ShimDlSym(sqlite3_vfs* v, void* h, const char* sym))(void) {
+  return BaseVfs(v)->xDlSym(BaseVfs(v), h, sym);
+}
+void ShimDlClose(sqlite3_vfs* v, void* h) { BaseVfs(v)->xDlClose(BaseVfs(v), h); }
+int ShimRandomness(sqlite3_vfs* v, int n, char* out) {
+  return BaseVfs(v)->xRandomness(BaseVfs(v), n, out);
+}
+int ShimSleep(sqlite3_vfs* v, int micros) { return BaseVfs(v)->xSleep(BaseVfs(v), micros); }
+int ShimCurrentTime(sqlite3_vfs* v, double* out) {
+  return BaseVfs(v)->xCurrentTime(BaseVfs(v), out);
+}
+int ShimGetLastError(sqlite3_vfs* v, int n, char* out) {
+  return BaseVfs(v)->xGetLastError ? BaseVfs(v)->xGetLastError(BaseVfs(v), n, out) : 0;
+}
+int ShimCurrentTimeInt64(sqlite3_vfs* v, sqlite3_int64* out) {
+  return BaseVfs(v)->xCurrentTimeInt64(BaseVfs(v), out);
+}
+int ShimSetSystemCall(sqlite3_vfs* v, const char* name, sqlite3_syscall_ptr fn) {
+  return BaseVfs(v)->xSetSystemCall(BaseVfs(v), name, fn);
+}
+sqlite3_syscall_ptr ShimGetSystemCall(sqlite3_vfs* v, const char* name) {
+  return BaseVfs(v)->xGetSystemCall(BaseVfs(v), name);
+}
+const char* ShimNextSystemCall(sqlite3_vfs* v, const char* name) {
+  return BaseVfs(v)->xNextSystemCall(BaseVfs(v), name);
+}
+
+// The registered VFS. Filled in by RegisterVfs under g_register_mu, then constant.
+sqlite3_vfs g_vfs = {};
+Mutex g_register_mu;
+bool g_registered SC_GUARDED_BY(g_register_mu) = false;
+
+}  // namespace
+
+int RegisterVfs(std::string* err) {
+  MutexLock l(&g_register_mu);
+  if (g_registered) {
+    // Loading again expresses the same intent: make sure we are (still) the default, e.g.
+    // after sqlite3_shutdown()/sqlite3_initialize() restored "unix" as the default.
+    if (sqlite3_vfs_find(nullptr) != &g_vfs) return sqlite3_vfs_register(&g_vfs, 1);
+    return SQLITE_OK;
+  }
+  sqlite3_vfs* base = sqlite3_vfs_find(nullptr);
+  if (base == nullptr) {
+    *err = "no default VFS to wrap";
+    return SQLITE_ERROR;
+  }
+  if (sqlite3_vfs_find(kVfsName) != nullptr) {
+    // Another copy of this library (loaded from a different path) registered it already.
+    // Its VFS does the job; registering a second one would wrap it again.
+    *err = "";
+    g_registered = true;
+    return SQLITE_OK;
+  }
+  g_vfs.iVersion = base->iVersion < 3 ? base->iVersion : 3;
+  g_vfs.szOsFile = static_cast<int>(sizeof(ShimFile)) + base->szOsFile;
+  g_vfs.mxPathname = base->mxPathname;
+  g_vfs.zName = kVfsName;
+  g_vfs.pAppData = base;
+  g_vfs.xOpen = ShimOpen;
+  g_vfs.xDelete = ShimDelete;
+  g_vfs.xAccess = ShimAccess;
+  g_vfs.xFullPathname = ShimFullPathname;
+  g_vfs.xDlOpen = ShimDlOpen;
+  g_vfs.xDlError = ShimDlError;
+  g_vfs.xDlSym = ShimDlSym;
+  g_vfs.xDlClose = ShimDlClose;
+  g_vfs.xRandomness = ShimRandomness;
+  g_vfs.xSleep = ShimSleep;
+  g_vfs.xCurrentTime = ShimCurrentTime;
+  g_vfs.xGetLastError = ShimGetLastError;
+  if (g_vfs.iVersion >= 2) g_vfs.xCurrentTimeInt64 = ShimCurrentTimeInt64;
+  if (g_vfs.iVersion >= 3 && base->xSetSystemCall) {
+    g_vfs.xSetSystemCall = ShimSetSystemCall;
+    g_vfs.xGetSystemCall = ShimGetSystemCall;
+    g_vfs.xNextSystemCall = ShimNextSystemCall;
+  }
+  int rc = sqlite3_vfs_register(&g_vfs, 1);
+  if (rc != SQLITE_OK) {
+    *err = std::string("sqlite3_vfs_register failed: ") + sqlite3_errstr(rc);
+    return rc;
+  }
+  g_registered = true;
+  return SQLITE_OK;
+}
+
+void WriteVfsJson(JsonWriter& w) {
+  sqlite3_vfs* dflt = sqlite3_vfs_find(nullptr);
+  sqlite3_vfs* mine = sqlite3_vfs_find(kVfsName);
+  w.Key("vfs").BeginObject().Field("name", std::string(kVfsName));
+  if (mine != nullptr && mine->pAppData != nullptr) {
+    w.Field("base", std::string(static_cast<sqlite3_vfs*>(mine->pAppData)->zName));
+  }
+  // False after sqlite3_shutdown()+sqlite3_initialize(): new opens then bypass safeconc.
+  w.Key("is_default").Bool(dflt != nullptr && dflt == mine);
+  w.Field("default", std::string(dflt ? dflt->zName : ""));
+  w.EndObject();
+}
+
+}  // namespace safeconc
