@@ -52,6 +52,15 @@ const sqlite3_io_methods* ShimMethods(int base_version);
 // True if `f` is a main-database file opened through the safeconc VFS.
 bool IsShimFile(const sqlite3_file* f);
 
+// The shim file behind `db`'s database `schema` ("main" if null), or null when that
+// database does not go through safeconc (another VFS, :memory:, not open yet).
+// Must be called on the connection's thread (it uses sqlite3_file_control).
+ShimFile* ShimFileOf(sqlite3* db, const char* schema = nullptr);
+
+// The connection's value of knob `k` for `schema`; the process default when the database
+// does not go through safeconc.
+int64_t ConnectionKnob(sqlite3* db, Knob k, const char* schema = nullptr);
+
 // The VFS's own diagnostics: name, base, whether it is still the default.
 void WriteVfsJson(JsonWriter& w);
 

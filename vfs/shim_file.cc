@@ -191,4 +191,19 @@ bool IsShimFile(const sqlite3_file* f) {
   return f != nullptr && f->pMethods >= &kMethods[0] && f->pMethods <= &kMethods[2];
 }
 
+ShimFile* ShimFileOf(sqlite3* db, const char* schema) {
+  sqlite3_file* f = nullptr;
+  if (db == nullptr) return nullptr;
+  if (sqlite3_file_control(db, schema ? schema : "main", SQLITE_FCNTL_FILE_POINTER, &f) !=
+      SQLITE_OK) {
+    return nullptr;
+  }
+  return IsShimFile(f) ? reinterpret_cast<ShimFile*>(f) : nullptr;
+}
+
+int64_t ConnectionKnob(sqlite3* db, Knob k, const char* schema) {
+  ShimFile* p = ShimFileOf(db, schema);
+  return p ? p->knobs.Get(k) : DefaultKnob(k);
+}
+
 }  // namespace safeconc
