@@ -14,8 +14,10 @@
 
 #include <sqlite3.h>
 
+#include <memory>
 #include <string>
 
+#include "vfs/coordinator.h"
 #include "vfs/knobs.h"
 #include "vfs/registry.h"
 
@@ -25,7 +27,7 @@ constexpr const char* kVfsName = "safeconc";
 
 // One open main-database file (one per connection per attached database). SQLite
 // allocates szOsFile bytes for it; the base VFS's file lives right after this struct.
-struct alignas(16) ShimFile {
+struct ShimFile {
   sqlite3_file base;           // must be first: SQLite sees only this
   // Constant after xOpen.
   sqlite3_vfs* base_vfs;       // the wrapped VFS
@@ -34,10 +36,31 @@ struct alignas(16) ShimFile {
   // Written by the connection's thread, read by diagnostics anywhere (atomics inside).
   KnobSet knobs;               // this connection's knob values
   LockCounters counters;       // this handle's lock calls
-  // Owned by the connection's thread.
+  std::shared_ptr<Ticket> ticket;  // place in the coordinator's line (shared with busy records)
+  uint64_t handle_id = 0;          // process-unique, for diagnostics
+  // Owned by the connection's thread (SQLite calls one method of a file at a time).
   int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
   void* busy_arg = nullptr;
+  sqlite3* db = nullptr;            // the connection (SQLITE_FCNTL_PDB), null if never told
+  int level = SQLITE_LOCK_NONE;     // the base lock level this handle holds
+  bool wal = false;                 // the WAL-index is mapped: transactions are read marks
+  int read_marks = 0;               // WAL read-mark (READ_i shared) locks held
+  unsigned turn_reasons = 0;        // TurnReason bits; non-zero iff this handle holds the turn
+  enum class Handler { kUnknown, kOurs, kBinding };
+  Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
+  // The current refused request, until it is granted or fails.
+  struct Pending {
+    bool active = false;
+    const char* lock = "";           // what was asked for ("RESERVED", "WAL WRITE", ...)
+    Clock::time_point arrived;       // first refusal
+    Clock::time_point deadline;      // arrived + safeconc_timeout
+  } pending;
+  std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
 };
+
+// SQLite allocates file objects with 8-byte alignment only, and the base file must start
+// suitably aligned right after ours.
+static_assert(alignof(ShimFile) <= 8 && sizeof(ShimFile) % 8 == 0, "ShimFile layout");
 
 // The base file, stored right after the ShimFile.
 inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_file*>(p + 1); }
