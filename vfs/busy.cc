@@ -167,11 +167,21 @@ int BusyHandler(void* arg, int count) {
   }
   BusyRecord& r = t_busy;
   if (r.ticket == nullptr || !r.armed || r.db != static_cast<sqlite3*>(arg) || r.file == nullptr) {
-    // Refused by something that left no record (a journal or WAL file the shim does not
-    // wrap): behave like a plain busy timeout with short sleeps.
-    static thread_local Clock::time_point start;
-    if (count == 0) start = Clock::now();
-    if (Clock::now() - start > std::chrono::milliseconds(DefaultKnob(Knob::kTimeout))) return 0;
+    // Refused by something that left no armed record (wal.c reporting a busy read, a lock a
+    // checkpoint holds): behave like a plain busy timeout with short sleeps. SQLite's count
+    // only grows within one episode (our probe may have bumped it past 0), so a count that
+    // did not grow, or another connection, starts a new one.
+    thread_local sqlite3* episode_db = nullptr;
+    thread_local int episode_count = 0;
+    thread_local Clock::time_point episode_start;
+    sqlite3* db = static_cast<sqlite3*>(arg);
+    if (db != episode_db || count <= episode_count) {
+      episode_db = db;
+      episode_start = Clock::now();
+    }
+    episode_count = count;
+    const int64_t timeout = ConnectionKnob(db, Knob::kTimeout);
+    if (Clock::now() - episode_start > std::chrono::milliseconds(timeout)) return 0;
     sqlite3_sleep(std::min(1 << std::min(count, 4), 10));
     return 1;
   }

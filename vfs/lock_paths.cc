@@ -19,7 +19,9 @@
 SQLITE_EXTENSION_INIT3
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "vfs/locking.h"
 #include "vfs/shim.h"
@@ -119,6 +121,22 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
   return SQLITE_BUSY;
 }
 
+// Calls the base for a lock the coordinator granted. The base may still refuse for a moment:
+// in WAL mode a reader that read a torn index header takes WRITE for a recovery check
+// (microseconds, and it waits for nobody while holding it); another process may hold it.
+// Retry briefly (about 10 ms in all) before reporting SQLITE_BUSY, so a transaction that
+// holds the turn (safeconc_txn=immediate/serial) does not fail over such a blip. Safe: the
+// holders of that kind never wait for what this connection holds.
+template <typename Attempt>
+int BaseForTurnHolder(Attempt attempt) {
+  int rc = attempt();
+  for (int us = 10; rc == SQLITE_BUSY && us <= 5120; us *= 2) {
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+    rc = attempt();
+  }
+  return rc;
+}
+
 // The base refused a lock the coordinator granted: another process holds it.
 void BaseRefused(ShimFile* p, const char* lock) {
   Coord(p).YieldTurnKeepPlace(p->ticket.get());
@@ -214,7 +232,7 @@ int LockPathLock(ShimFile* p, int level) {
     if (p->turn_reasons == 0) {
       rc = TakeTurnForWrite(p, "RESERVED");
       if (rc != SQLITE_OK) return rc;
-      rc = o->pMethods->xLock(o, SQLITE_LOCK_RESERVED);
+      rc = BaseForTurnHolder([&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
       if (rc == SQLITE_BUSY) {
         BaseRefused(p, "RESERVED");
         return rc;
@@ -226,7 +244,7 @@ int LockPathLock(ShimFile* p, int level) {
       TakeReason(p, kReasonWrite);
       ClearRefusal(p);
     } else {
-      rc = o->pMethods->xLock(o, SQLITE_LOCK_RESERVED);
+      rc = BaseForTurnHolder([&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
       if (rc == SQLITE_BUSY) NoteRefusal(p, "RESERVED", BusyKind::kCross);
       if (rc != SQLITE_OK) return rc;
       TakeReason(p, kReasonWrite);
@@ -295,7 +313,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     if (p->turn_reasons == 0) {
       rc = TakeTurnForWrite(p, "WAL WRITE");
       if (rc != SQLITE_OK) return rc;
-      rc = o->pMethods->xShmLock(o, offset, n, flags);
+      rc = BaseForTurnHolder([&] { return o->pMethods->xShmLock(o, offset, n, flags); });
       if (rc == SQLITE_BUSY) {
         BaseRefused(p, "WAL WRITE");
         return rc;
@@ -306,7 +324,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
       }
       ClearRefusal(p);
     } else {
-      rc = o->pMethods->xShmLock(o, offset, n, flags);
+      rc = BaseForTurnHolder([&] { return o->pMethods->xShmLock(o, offset, n, flags); });
       if (rc == SQLITE_BUSY) NoteRefusal(p, "WAL WRITE", BusyKind::kCross);
       if (rc != SQLITE_OK) return rc;
     }
