@@ -7,7 +7,6 @@
 #include <sqlite3.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,9 +36,8 @@ std::string Name(const testing::TestParamInfo<Config>& info) {
   return s;
 }
 
-// Scaled down under sanitizers, which run the same code several times slower.
-int Threads() { return std::getenv("SAFECONC_STRESS_SMALL") ? 8 : 32; }
-int PerThread() { return std::getenv("SAFECONC_STRESS_SMALL") ? 50 : 200; }
+constexpr int kThreads = 32;
+constexpr int kPerThread = 200;
 
 class CoordinatorStress : public testing::TestWithParam<Config> {
  protected:
@@ -67,7 +65,7 @@ TEST_P(CoordinatorStress, NoFailuresNothingLostNoOvertakes) {
       "CREATE TABLE counter(n INT); INSERT INTO counter VALUES(0);"
       "CREATE TRIGGER bump AFTER INSERT ON t BEGIN UPDATE counter SET n = n + 1; END;");
 
-  const int threads = Threads(), per = PerThread();
+  const int threads = kThreads, per = kPerThread;
   std::atomic<int> ok{0}, failed{0}, ready{0};
   std::atomic<bool> go{false};
   std::string first_error;

@@ -103,6 +103,11 @@ void Coordinator::RefreshFrontLocked(Clock::time_point now) {
   f->ready_since = now;
   f->lease_start = now;
   f->cv.Signal();
+  // The ticket behind it watches the front's lease: it wakes now to time its wait to the
+  // lease's end, so a front whose owner vanished is passed on time.
+  Ticket* watcher = f->next;
+  while (watcher != nullptr && watcher->expired) watcher = watcher->next;
+  if (watcher != nullptr) watcher->cv.Signal();
 }
 
 Clock::time_point Coordinator::LeaseDeadlineLocked(Ticket* self) const {
