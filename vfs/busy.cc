@@ -48,7 +48,9 @@ int64_t Millis(Clock::duration d) {
 // the handler runs once: ours returns 1 at once while probing; SQLite's default handler
 // sleeps through the VFS xSleep, which returns at once while probing. A connection with no
 // handler gets ours, so busy handling is enforced even after a binding cleared it.
-void Probe(ShimFile* p) {
+}  // namespace
+
+void EnsureBusyHandler(ShimFile* p) {
   if (p->db == nullptr || p->busy_fn == nullptr || p->handler == ShimFile::Handler::kBinding) {
     return;
   }
@@ -67,6 +69,8 @@ void Probe(ShimFile* p) {
     p->ticket->coord->CountHandlerInstalled();
   }
 }
+
+namespace {
 
 // Sleeps up to `d`, waking early if anything is released in p's database.
 void BackoffSleep(Coordinator& c, Clock::duration d) {
@@ -108,7 +112,7 @@ void NoteRefusal(ShimFile* p, const char* lock, BusyKind kind) {
   r.armed = true;
   r.deadline = p->pending.deadline;
   if (kind != BusyKind::kCross) r.polls = 0;
-  if (kind != BusyKind::kFinal) Probe(p);
+  if (kind != BusyKind::kFinal) EnsureBusyHandler(p);
 }
 
 void ClearRefusal(ShimFile* p) {

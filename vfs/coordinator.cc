@@ -48,6 +48,7 @@ void Coordinator::EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now
     t->queued = true;
     ++queue_len_;
     stats_.max_queue = std::max(stats_.max_queue, queue_len_);
+    UpdateHintLocked();
   }
   if (confirmed) ConfirmLocked(t, now);
   RefreshFrontLocked(now);
@@ -67,6 +68,7 @@ void Coordinator::EnqueueFrontLocked(Ticket* t, Clock::time_point now) {
   t->queued = true;
   ++queue_len_;
   stats_.max_queue = std::max(stats_.max_queue, queue_len_);
+  UpdateHintLocked();
   RefreshFrontLocked(now);
 }
 
@@ -78,6 +80,7 @@ void Coordinator::RemoveLocked(Ticket* t) {
   t->queued = false;
   --queue_len_;
   if (ready_ == t) ready_ = nullptr;
+  UpdateHintLocked();
 }
 
 void Coordinator::ConfirmLocked(Ticket* t, Clock::time_point now) {
@@ -144,6 +147,25 @@ void Coordinator::GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) {
   holder_ = t;
   holder_tid_ = tid;
   holder_since_ = now;
+  UpdateHintLocked();
+  // The next in line becomes the one right behind the holder: wake it to spin.
+  if (Ticket* next = FrontLocked()) next->cv.Signal();
+}
+
+void Coordinator::UpdateHintLocked() {
+  contended_.store(holder_ != nullptr || queue_len_ > 0, std::memory_order_relaxed);
+}
+
+void Coordinator::SpinBehindHolderLocked(Ticket* /*t*/) {
+  const uint64_t seen = releases_.load(std::memory_order_acquire);
+  mu_.Unlock();
+  const Clock::time_point until = Clock::now() + kSpin;
+  while (releases_.load(std::memory_order_acquire) == seen && Clock::now() < until) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  mu_.Lock();
 }
 
 void Coordinator::BumpGenerationLocked() {
@@ -179,9 +201,15 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confi
     return Grant::kQueued;
   }
   EnqueueLocked(t, /*confirmed=*/true, now);
-  for (;;) {
-    const Clock::time_point until = std::min(deadline, LeaseDeadlineLocked(t));
-    t->cv.WaitUntil(&mu_, until);
+  for (bool spun = false;;) {
+    if (!spun && holder_ != nullptr && FrontLocked() == t) {
+      SpinBehindHolderLocked(t);
+      spun = true;
+    } else {
+      const Clock::time_point until = std::min(deadline, LeaseDeadlineLocked(t));
+      t->cv.WaitUntil(&mu_, until);
+      spun = false;
+    }
     now = Clock::now();
     ExpireLocked(now);
     if (EligibleLocked(t)) {
@@ -208,6 +236,8 @@ void Coordinator::ReleaseTurn(Ticket* t) {
   if (holder_ != t) return;
   holder_ = nullptr;
   holder_tid_ = 0;
+  releases_.fetch_add(1, std::memory_order_release);
+  UpdateHintLocked();
   RefreshFrontLocked(Clock::now());
   BumpGenerationLocked();
 }
@@ -217,6 +247,7 @@ void Coordinator::YieldTurnKeepPlace(Ticket* t) {
   if (holder_ != t) return;
   holder_ = nullptr;
   holder_tid_ = 0;
+  releases_.fetch_add(1, std::memory_order_release);
   --stats_.acquisitions;  // the grant did not stick
   ++stats_.cross_process_busy;
   EnqueueFrontLocked(t, Clock::now());
@@ -229,12 +260,18 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
   if (!t->queued) return TurnWait::kNotQueued;
   if (confirm) ConfirmLocked(t, now);
   RefreshFrontLocked(now);
-  for (;;) {
+  for (bool spun = false;;) {
     ExpireLocked(now);
     if (!t->queued) return TurnWait::kNotQueued;
     if (EligibleLocked(t)) return TurnWait::kReady;
     if (now >= until) return TurnWait::kTimedOut;
-    t->cv.WaitUntil(&mu_, std::min(until, LeaseDeadlineLocked(t)));
+    if (holder_ != nullptr && FrontLocked() == t && !spun) {
+      SpinBehindHolderLocked(t);
+      spun = true;
+    } else {
+      t->cv.WaitUntil(&mu_, std::min(until, LeaseDeadlineLocked(t)));
+      spun = false;
+    }
     now = Clock::now();
     if (confirm && ready_ == t) t->lease_start = now;
   }
@@ -272,7 +309,9 @@ void Coordinator::Close(Ticket* t) {
   if (holder_ == t) {  // SQLite unlocks before closing; stay safe if it did not
     holder_ = nullptr;
     holder_tid_ = 0;
+    releases_.fetch_add(1, std::memory_order_release);
   }
+  UpdateHintLocked();
   RefreshFrontLocked(now);
   BumpGenerationLocked();
 }

@@ -144,6 +144,11 @@ class Coordinator {
   void CountHandlerInstalled() SC_EXCLUDES(mu_);
   void CountInLockWait(Clock::duration waited) SC_EXCLUDES(mu_);
 
+  // A racy hint, for the lock paths' fast path: is the turn held or anyone in line? Written
+  // under mu_ whenever either changes, read without it (relaxed: a stale answer only means
+  // a request takes the slower path, which re-checks under mu_).
+  bool Contended() const { return contended_.load(std::memory_order_relaxed); }
+
   BlockerInfo Blocker() SC_EXCLUDES(mu_);
   // The "coordinator" object of safeconc_stats().
   void WriteJson(JsonWriter& w) SC_EXCLUDES(mu_);
@@ -163,6 +168,12 @@ class Coordinator {
   // When the current front's lease would run out (time_point::max() if not applicable).
   Clock::time_point LeaseDeadlineLocked(Ticket* self) const SC_REQUIRES(mu_);
   void BumpGenerationLocked() SC_REQUIRES(mu_);
+  void UpdateHintLocked() SC_REQUIRES(mu_);
+  // The ticket right behind the turn holder spins for a moment instead of parking, so the
+  // hand-over costs no futex wake-up and reschedule when the holder is quick. Releases mu_
+  // while spinning; returns with it held.
+  void SpinBehindHolderLocked(Ticket* t) SC_REQUIRES(mu_);
+  static constexpr std::chrono::microseconds kSpin{50};
 
   Mutex mu_;
   // The write turn.
@@ -182,6 +193,10 @@ class Coordinator {
   uint64_t generation_ SC_GUARDED_BY(mu_) = 0;
   int change_waiters_ SC_GUARDED_BY(mu_) = 0;
   CondVar changed_;
+  // Bumped (release) on every turn release, under mu_; a spinning waiter reads it (acquire)
+  // without mu_ to see a release as soon as it happens, then re-checks under mu_.
+  std::atomic<uint64_t> releases_{0};
+  std::atomic<bool> contended_{false};  // see Contended()
 
   struct Stats {
     uint64_t acquisitions = 0;       // turns granted

@@ -20,6 +20,8 @@ SQLITE_EXTENSION_INIT3
 
 #include <algorithm>
 #include <chrono>
+#include <strings.h>
+
 #include <cstring>
 #include <thread>
 
@@ -35,14 +37,65 @@ constexpr int kWalReadLocks = 5;
 
 Coordinator& Coord(ShimFile* p) { return *p->ticket->coord; }
 
-// Does this lock period take the write turn first (safeconc_txn)?
-bool TxnWantsTurn(ShimFile* p) {
-  switch (p->knobs.txn()) {
-    case TxnMode::kSerial: return true;
-    case TxnMode::kImmediate: return p->db != nullptr && sqlite3_get_autocommit(p->db) == 0;
-    case TxnMode::kDeferred: break;
+// Skips blanks and SQL comments.
+const char* SkipSpace(const char* z) {
+  for (;;) {
+    while (*z == ' ' || *z == '\t' || *z == '\n' || *z == '\r' || *z == '\f') ++z;
+    if (z[0] == '-' && z[1] == '-') {
+      while (*z && *z != '\n') ++z;
+    } else if (z[0] == '/' && z[1] == '*') {
+      const char* end = std::strstr(z + 2, "*/");
+      z = end ? end + 2 : z + std::strlen(z);
+    } else {
+      return z;
+    }
+  }
+}
+
+bool Keyword(const char** z, const char* word) {
+  const size_t n = std::strlen(word);
+  if (strncasecmp(*z, word, n) != 0) return false;
+  const char c = (*z)[n];
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_') {
+    return false;
+  }
+  *z = SkipSpace(*z + n);
+  return true;
+}
+
+// BEGIN IMMEDIATE / BEGIN EXCLUSIVE: sqlite3_stmt_readonly() calls every transaction-control
+// statement read-only, but these take the write lock right after the read lock.
+bool BeginsWriteTransaction(const char* sql) {
+  if (sql == nullptr) return false;
+  const char* z = SkipSpace(sql);
+  return Keyword(&z, "BEGIN") && (Keyword(&z, "IMMEDIATE") || Keyword(&z, "EXCLUSIVE"));
+}
+
+// Will the lock period that starts now write? True when a statement running on the
+// connection writes: then the write lock is asked for right after the read lock, and waiting
+// for the turn here (a safe point) spares the refusal, the dropped locks and the retry.
+// Read-then-write transactions are not affected: their write comes in a later statement.
+bool StatementWillWrite(sqlite3* db) {
+  for (sqlite3_stmt* s = sqlite3_next_stmt(db, nullptr); s != nullptr; s = sqlite3_next_stmt(db, s)) {
+    if (!sqlite3_stmt_busy(s)) continue;
+    if (!sqlite3_stmt_readonly(s) || BeginsWriteTransaction(sqlite3_sql(s))) return true;
   }
   return false;
+}
+
+// Does this lock period take the write turn first?
+bool TxnWantsTurn(ShimFile* p) {
+  if (p->db == nullptr) return p->knobs.txn() == TxnMode::kSerial;
+  switch (p->knobs.txn()) {
+    case TxnMode::kSerial: return true;
+    case TxnMode::kImmediate:
+      if (sqlite3_get_autocommit(p->db) == 0) return true;
+      break;
+    case TxnMode::kDeferred: break;
+  }
+  // Only worth a look at the running statements when the turn is busy: otherwise the write
+  // lock request that follows gets the turn at once anyway.
+  return Coord(p).Contended() && StatementWillWrite(p->db);
 }
 
 // SQLite retries a refused write start through the busy handler only when no transaction
@@ -207,6 +260,7 @@ int LockPathLock(ShimFile* p, int level) {
   if (level == SQLITE_LOCK_SHARED && p->level == SQLITE_LOCK_NONE) {
     // A lock period starts (rollback mode; in WAL mode the first read of the connection).
     NoteAcquisition(p);
+    EnsureBusyHandler(p);
     bool took = false;
     if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
       if (!TakeTurnForTxn(p, "SHARED")) return SQLITE_BUSY;
@@ -337,6 +391,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     bool took = false;
     if (p->read_marks == 0) {
       NoteAcquisition(p);
+      EnsureBusyHandler(p);
       if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
         // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL, so a read whose
         // turn cannot be had proceeds without it (recorded in safeconc_last_busy()); its

@@ -46,6 +46,10 @@ enum class BusyKind {
 // Records, for this thread, that p's request `lock` was just refused, and makes sure the
 // connection has a busy handler that will come back for it (enforced busy handling).
 void NoteRefusal(ShimFile* p, const char* lock, BusyKind kind);
+// Makes sure p's connection has a busy handler (enforced busy handling): probes the handler
+// SQLite would run (SQLITE_FCNTL_BUSYHANDLER) and installs ours if there is none. Cheap
+// unless the binding's own handler was already seen, in which case it does nothing.
+void EnsureBusyHandler(ShimFile* p);
 // The refusal of p ended (granted, or given up): forget the thread-local record of it.
 void ClearRefusal(ShimFile* p);
 // Writes p->last_busy for a request that failed, and logs it through sqlite3_log.
