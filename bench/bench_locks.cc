@@ -12,7 +12,7 @@
 // Printed: transactions/s, latency p50/p99/max (ms), failures, and for libsafeconc the
 // coordinator's release-to-grant latency; ratios are against stock and the mutex, same run.
 //
-// Usage: bench_locks [seconds-per-cell]   (default 1.0)
+// Usage: bench_locks [--stats] [seconds-per-cell]   (default 1.0)
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -42,6 +42,7 @@ struct Result {
 };
 
 std::string g_dir;
+bool g_print_stats = false;  // --stats: print the coordinator's JSON after each libsafeconc cell
 
 void Spin(int us) {
   const Clock::time_point until = Clock::now() + std::chrono::microseconds(us);
@@ -138,6 +139,7 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
       const std::string json = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
       r.r2g_p50_us = JsonInt(json, "$.coordinator.release_to_grant_us.p50_us");
       r.r2g_p99_us = JsonInt(json, "$.coordinator.release_to_grant_us.p99_us");
+      if (g_print_stats) std::printf("    stats: %s\n", json.c_str());
     }
     sqlite3_finalize(st);
   }
@@ -175,7 +177,14 @@ double NsPerOp(bool safeconc, bool write, int n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const double seconds = argc > 1 ? std::atof(argv[1]) : 1.0;
+  double seconds = 1.0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--stats") {
+      g_print_stats = true;
+    } else {
+      seconds = std::atof(argv[i]);
+    }
+  }
   char tmpl[] = "/tmp/safeconc-bench-XXXXXX";
   g_dir = mkdtemp(tmpl);
   {
@@ -207,7 +216,9 @@ int main(int argc, char** argv) {
   std::printf("\nWrite contention: BEGIN IMMEDIATE; INSERT; <work>; COMMIT, %.1f s per cell,\n"
               "busy_timeout(5000) everywhere, synchronous=OFF\n", seconds);
   const Peer peers[] = {Peer::kStock, Peer::kMutex, Peer::kSafeconc};
+  const char* only_journal = std::getenv("BENCH_JOURNAL");  // e.g. BENCH_JOURNAL=wal
   for (const char* journal : {"wal", "delete"}) {
+    if (only_journal && std::string(only_journal) != journal) continue;
     for (int work_us : {0, 200}) {
       std::printf("\n%s journal, work in transaction %d us\n",
                   std::string(journal) == "wal" ? "WAL" : "rollback", work_us);

@@ -114,11 +114,30 @@ void Coordinator::RefreshFrontLocked(Clock::time_point now) {
 }
 
 Clock::time_point Coordinator::LeaseDeadlineLocked(Ticket* self) const {
+  if (holder_ != nullptr && holder_pre_read_) return holder_since_ + kPreReadLease;
   if (holder_ != nullptr || ready_ == nullptr || ready_ == self) return Clock::time_point::max();
   return ready_->lease_start + (ready_->confirmed ? kConfirmedLease : kTentativeLease);
 }
 
+void Coordinator::RevokeStaleLocked(Clock::time_point now) {
+  if (holder_ == nullptr || !holder_pre_read_ || now < holder_since_ + kPreReadLease) return;
+  ++stats_.revoked;
+  holder_ = nullptr;
+  holder_tid_ = 0;
+  holder_pre_read_ = false;
+  releases_.fetch_add(1, std::memory_order_release);
+  UpdateHintLocked();
+  RefreshFrontLocked(now);
+  BumpGenerationLocked();
+}
+
+void Coordinator::ReadStarted(Ticket* t) {
+  MutexLock l(&mu_);
+  if (holder_ == t) holder_pre_read_ = false;
+}
+
 void Coordinator::ExpireLocked(Clock::time_point now) {
+  RevokeStaleLocked(now);
   while (holder_ == nullptr && ready_ != nullptr &&
          now >= ready_->lease_start + (ready_->confirmed ? kConfirmedLease : kTentativeLease)) {
     ready_->expired = true;
@@ -147,6 +166,7 @@ void Coordinator::GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) {
   holder_ = t;
   holder_tid_ = tid;
   holder_since_ = now;
+  holder_pre_read_ = false;
   UpdateHintLocked();
   // The next in line becomes the one right behind the holder: wake it to spin.
   if (Ticket* next = FrontLocked()) next->cv.Signal();
@@ -176,7 +196,8 @@ void Coordinator::BumpGenerationLocked() {
 // ---- The write turn --------------------------------------------------------------------
 
 Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confirmed,
-                                            Clock::time_point deadline, uint64_t tid) {
+                                            Clock::time_point deadline, uint64_t tid,
+                                            bool pre_read) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
   if (holder_ == t) return Grant::kGranted;
@@ -193,6 +214,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confi
   }
   if (EligibleLocked(t)) {
     GrantLocked(t, tid, now);
+    holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
   if (!may_wait) {
@@ -214,6 +236,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confi
     ExpireLocked(now);
     if (EligibleLocked(t)) {
       GrantLocked(t, tid, now);
+      holder_pre_read_ = pre_read;
       return Grant::kGranted;
     }
     if (holder_ != nullptr && holder_tid_ == tid) {  // cannot happen: only we act for tid
@@ -428,6 +451,7 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("overtakes", static_cast<int64_t>(stats_.overtakes))
       .Field("lease_expired", static_cast<int64_t>(stats_.lease_expired))
       .Field("self_deadlocks", static_cast<int64_t>(stats_.self_deadlocks))
+      .Field("revoked", static_cast<int64_t>(stats_.revoked))
       .Field("busy_returns", static_cast<int64_t>(stats_.busy_returns))
       .Field("cross_process_busy", static_cast<int64_t>(stats_.cross_process_busy))
       .Field("busy_handlers_installed", static_cast<int64_t>(stats_.handlers_installed))

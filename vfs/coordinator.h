@@ -103,8 +103,14 @@ class Coordinator {
   // is ahead. Otherwise, with may_wait, waits in FIFO order until granted or `deadline`
   // (kTimeout); without, queues t (keeping an earlier place) and returns kQueued.
   // kSelfDeadlock: the turn is held by this very thread through another handle.
+  // `pre_read`: taken before a WAL read start whose read mark is not held yet. If that read
+  // start then fails (an I/O error, say), SQLite may never call this handle again to give
+  // the turn back; waiters revoke such a turn after kPreReadLease (the base locks still
+  // keep the data safe; only the ordering is lost). ReadStarted() ends the pre-read state.
   Grant AcquireTurn(Ticket* t, bool may_wait, bool confirmed, Clock::time_point deadline,
-                    uint64_t tid) SC_EXCLUDES(mu_);
+                    uint64_t tid, bool pre_read = false) SC_EXCLUDES(mu_);
+  void ReadStarted(Ticket* t) SC_EXCLUDES(mu_);
+  static constexpr std::chrono::milliseconds kPreReadLease{250};
   // Gives the turn back (t must hold it) and wakes the front ticket.
   void ReleaseTurn(Ticket* t) SC_EXCLUDES(mu_);
   // The base lock refused a turn holder (another process has it): give the turn back but
@@ -157,6 +163,8 @@ class Coordinator {
   Ticket* FrontLocked() const SC_REQUIRES(mu_);
   bool EligibleLocked(Ticket* t) const SC_REQUIRES(mu_);
   void GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) SC_REQUIRES(mu_);
+  // Revokes a pre-read turn held longer than kPreReadLease.
+  void RevokeStaleLocked(Clock::time_point now) SC_REQUIRES(mu_);
   void EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now) SC_REQUIRES(mu_);
   void EnqueueFrontLocked(Ticket* t, Clock::time_point now) SC_REQUIRES(mu_);
   void RemoveLocked(Ticket* t) SC_REQUIRES(mu_);
@@ -180,6 +188,7 @@ class Coordinator {
   Ticket* holder_ SC_GUARDED_BY(mu_) = nullptr;
   uint64_t holder_tid_ SC_GUARDED_BY(mu_) = 0;
   Clock::time_point holder_since_ SC_GUARDED_BY(mu_);
+  bool holder_pre_read_ SC_GUARDED_BY(mu_) = false;
   // The FIFO queue (intrusive, in arrival order).
   Ticket* head_ SC_GUARDED_BY(mu_) = nullptr;
   Ticket* tail_ SC_GUARDED_BY(mu_) = nullptr;
@@ -212,6 +221,7 @@ class Coordinator {
     uint64_t cross_process_busy = 0; // base lock refused: another process
     uint64_t handlers_installed = 0; // busy handlers enforced on connections without one
     uint64_t in_lock_waits = 0;      // waits inside a lock call (safe points)
+    uint64_t revoked = 0;            // pre-read turns revoked after kPreReadLease
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;
   } stats_ SC_GUARDED_BY(mu_);

@@ -119,11 +119,11 @@ void DropReason(ShimFile* p, unsigned reason) {
 // Takes the write turn at the start of a lock period (a safe point: no lock of this file is
 // held, or in WAL only the database's SHARED lock, which no writer waits for). Waits in FIFO
 // order. Returns false if it could not (timeout, self-deadlock), with the failure recorded.
-bool TakeTurnForTxn(ShimFile* p, const char* lock) {
+bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read = false) {
   const Clock::time_point start = Clock::now();
   const uint64_t tid = CurrentThreadId();
   Coordinator::Grant g = Coord(p).AcquireTurn(p->ticket.get(), /*may_wait=*/true,
-                                              /*confirmed=*/true, Deadline(p), tid);
+                                              /*confirmed=*/true, Deadline(p), tid, pre_read);
   if (g == Coordinator::Grant::kGranted) {
     TakeReason(p, kReasonTxn);
     return true;
@@ -401,7 +401,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     }
     rc = o->pMethods->xShmLock(o, offset, n, flags);
     if (rc == SQLITE_OK) {
-      ++p->read_marks;
+      if (++p->read_marks == 1 && p->turn_reasons != 0) Coord(p).ReadStarted(p->ticket.get());
     } else if (took) {
       DropReason(p, kReasonTxn);
     }
@@ -412,6 +412,17 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     DropReason(p, kReasonTxn);  // the WAL lock period ends with its read mark
   }
   return rc;
+}
+
+void LockPathShmBarrier(ShimFile* p) {
+  // The first VFS call of a WAL read start (wal.c reads the WAL-index header around it). A
+  // lock period that will write and finds the turn busy waits for it here, before reading the
+  // header: a header that writers keep changing (or tear, when one is preempted mid-update)
+  // sends wal.c into retries with quadratically growing sleeps, seen as ~1 s stalls with
+  // many threads. Safe point: no read mark is held yet.
+  if (p->read_marks == 0 && p->turn_reasons == 0 && TxnWantsTurn(p)) {
+    TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
+  }
 }
 
 void LockPathClose(ShimFile* p) {

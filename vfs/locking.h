@@ -23,6 +23,7 @@ struct ShimFile;
 int LockPathLock(ShimFile* p, int level);
 int LockPathUnlock(ShimFile* p, int level);
 int LockPathShmLock(ShimFile* p, int offset, int n, int flags);
+void LockPathShmBarrier(ShimFile* p);
 // The file is closing: leave the coordinator, forget thread-local records about it.
 void LockPathClose(ShimFile* p);
 

@@ -55,6 +55,7 @@ int ShimShmMap(sqlite3_file* f, int pg, int pgsz, int extend, void volatile** pp
   return o->pMethods->xShmMap(o, pg, pgsz, extend, pp);
 }
 void ShimShmBarrier(sqlite3_file* f) {
+  LockPathShmBarrier(Shim(f));  // may wait for the write turn before a WAL read start
   sqlite3_file* o = Orig(f);
   o->pMethods->xShmBarrier(o);
 }
