@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
 
 namespace safeconc {
 namespace {
@@ -169,11 +170,18 @@ void Coordinator::GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) {
   holder_pre_read_ = false;
   UpdateHintLocked();
   // The next in line becomes the one right behind the holder: wake it to spin.
-  if (Ticket* next = FrontLocked()) next->cv.Signal();
+  if (SpinEnabled()) {
+    if (Ticket* next = FrontLocked()) next->cv.Signal();
+  }
 }
 
 void Coordinator::UpdateHintLocked() {
   contended_.store(holder_ != nullptr || queue_len_ > 0, std::memory_order_relaxed);
+}
+
+bool Coordinator::SpinEnabled() {
+  static const bool enabled = std::thread::hardware_concurrency() >= 4;
+  return enabled;
 }
 
 void Coordinator::SpinBehindHolderLocked(Ticket* /*t*/) {
@@ -224,7 +232,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confi
   }
   EnqueueLocked(t, /*confirmed=*/true, now);
   for (bool spun = false;;) {
-    if (!spun && holder_ != nullptr && FrontLocked() == t) {
+    if (!spun && SpinEnabled() && holder_ != nullptr && FrontLocked() == t) {
       SpinBehindHolderLocked(t);
       spun = true;
     } else {
@@ -288,7 +296,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
     if (!t->queued) return TurnWait::kNotQueued;
     if (EligibleLocked(t)) return TurnWait::kReady;
     if (now >= until) return TurnWait::kTimedOut;
-    if (holder_ != nullptr && FrontLocked() == t && !spun) {
+    if (!spun && SpinEnabled() && holder_ != nullptr && FrontLocked() == t) {
       SpinBehindHolderLocked(t);
       spun = true;
     } else {

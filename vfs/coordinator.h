@@ -179,9 +179,12 @@ class Coordinator {
   void UpdateHintLocked() SC_REQUIRES(mu_);
   // The ticket right behind the turn holder spins for a moment instead of parking, so the
   // hand-over costs no futex wake-up and reschedule when the holder is quick. Releases mu_
-  // while spinning; returns with it held.
+  // while spinning; returns with it held. Only with 4 or more hardware threads: measured on
+  // 2 cores (bench_locks), any spin steals the CPU the holder needs and costs 1.2-6x
+  // throughput, and so does the wake-up that puts the next waiter into its spin.
   void SpinBehindHolderLocked(Ticket* t) SC_REQUIRES(mu_);
-  static constexpr std::chrono::microseconds kSpin{50};
+  static constexpr std::chrono::microseconds kSpin{20};
+  static bool SpinEnabled();
 
   Mutex mu_;
   // The write turn.
