@@ -50,7 +50,8 @@ extern "C" __attribute__((visibility("default"))) int sqlite3_safeconc_init(
     std::string why;
     int rc = safeconc::RegisterVfs(&why);
     if (rc != SQLITE_OK) {
-      if (pzErrMsg) *pzErrMsg = sqlite3_mprintf("safeconc: could not register the VFS: %s", why.c_str());
+      if (pzErrMsg)
+        *pzErrMsg = sqlite3_mprintf("safeconc: could not register the VFS: %s", why.c_str());
       return rc;
     }
     rc = sqlite3_auto_extension(reinterpret_cast<void (*)(void)>(safeconc::AutoInit));

@@ -26,14 +26,14 @@ constexpr const char* kVfsName = "safeconc";
 // One open main-database file (one per connection per attached database). SQLite
 // allocates szOsFile bytes for it; the base VFS's file lives right after this struct.
 struct alignas(16) ShimFile {
-  sqlite3_file base;           // must be first: SQLite sees only this
+  sqlite3_file base;  // must be first: SQLite sees only this
   // Constant after xOpen.
-  sqlite3_vfs* base_vfs;       // the wrapped VFS
-  DbEntry* entry;              // the registry entry for this file's inode
-  const char* path;            // the name SQLite opened (owned by SQLite, valid until xClose)
+  sqlite3_vfs* base_vfs;  // the wrapped VFS
+  DbEntry* entry;         // the registry entry for this file's inode
+  const char* path;       // the name SQLite opened (owned by SQLite, valid until xClose)
   // Written by the connection's thread, read by diagnostics anywhere (atomics inside).
-  KnobSet knobs;               // this connection's knob values
-  LockCounters counters;       // this handle's lock calls
+  KnobSet knobs;          // this connection's knob values
+  LockCounters counters;  // this handle's lock calls
   // Owned by the connection's thread.
   int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
   void* busy_arg = nullptr;

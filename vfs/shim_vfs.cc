@@ -31,8 +31,7 @@ bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
     int64_t v;
     std::string err;
     if (!ParseKnob(k, text, &v, &err)) {
-      sqlite3_log(SQLITE_CANTOPEN, "safeconc: cannot open %s: URI parameter %s", name,
-                  err.c_str());
+      sqlite3_log(SQLITE_CANTOPEN, "safeconc: cannot open %s: URI parameter %s", name, err.c_str());
       return false;
     }
     knobs->Set(k, v);
@@ -40,8 +39,7 @@ bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
   return true;
 }
 
-int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags,
-             int* out_flags) {
+int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags, int* out_flags) {
   sqlite3_vfs* base = BaseVfs(vfs);
   // Journals, WAL and temp files go straight to the base: only the main database's locks
   // are coordinated, and the base file then owns pMethods (as cksumvfs does).
