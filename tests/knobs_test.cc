@@ -72,9 +72,9 @@ TEST(KnobParse, MillisecondKnobsAcceptTheirRange) {
 TEST(KnobParse, MillisecondKnobsRefuseBadValuesWithExactText) {
   for (Knob k : {Knob::kTimeout, Knob::kCallTimeout}) {
     const char* name = KnobName(k);
-    for (const char* bad : {"-1", "-0", "abc", "12abc", "", " 5", "5 ", "1.5", "+5", "0x10",
-                            "86400001", "99999999999999999999", "18446744073709551616",
-                            "deferred"}) {
+    for (const char* bad :
+         {"-1", "-0", "abc", "12abc", "", " 5", "5 ", "1.5", "+5", "0x10", "86400001",
+          "99999999999999999999", "18446744073709551616", "deferred"}) {
       int64_t v;
       EXPECT_EQ(Parse(k, bad, &v), BadValue(name, bad, kMillisAccepted)) << "value '" << bad << "'";
     }
@@ -97,8 +97,8 @@ TEST(KnobParse, TxnAcceptsItsWordsInAnyCase) {
     EXPECT_EQ(Parse(Knob::kTxn, g.text, &v), "") << g.text;
     EXPECT_EQ(v, static_cast<int64_t>(g.mode)) << g.text;
   }
-  for (const char* bad : {"", "imm", "immediatex", "exclusive", "0", "1", "-1", " serial",
-                          "99999999999999999999"}) {
+  for (const char* bad :
+       {"", "imm", "immediatex", "exclusive", "0", "1", "-1", " serial", "99999999999999999999"}) {
     int64_t v;
     EXPECT_EQ(Parse(Knob::kTxn, bad, &v), BadValue("safeconc_txn", bad, kTxnAccepted))
         << "value '" << bad << "'";

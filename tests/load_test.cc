@@ -24,8 +24,8 @@ using sctest::TempDir;
 
 // The SQL functions the extension adds to every connection, as "name/nargs". This is the one
 // place to edit when an issue adds a function.
-const std::set<std::string> kExpectedFunctions = {
-    "safeconc_config/1", "safeconc_config/2", "safeconc_stats/0", "safeconc_version/0"};
+const std::set<std::string> kExpectedFunctions = {"safeconc_config/1", "safeconc_config/2",
+                                                  "safeconc_stats/0", "safeconc_version/0"};
 
 const char* kMillisAccepted = "an integer number of milliseconds from 0 to 86400000";
 const char* kTxnAccepted = "one of deferred, immediate, serial";
@@ -130,7 +130,8 @@ TEST(Load, LoadingAgainIsHarmless) {
   EXPECT_EQ(Functions(s), fs);
   EXPECT_STREQ(sqlite3_vfs_find(nullptr)->zName, "safeconc");
   int n = 0;
-  for (sqlite3_vfs* v = sqlite3_vfs_find(nullptr); v; v = v->pNext) n += v->zName == std::string("safeconc");
+  for (sqlite3_vfs* v = sqlite3_vfs_find(nullptr); v; v = v->pNext)
+    n += v->zName == std::string("safeconc");
   EXPECT_EQ(n, 1);
   Db later(dir.File("later.db"));
   EXPECT_EQ(later.VfsName(), "safeconc/unix") << "not safeconc/safeconc/unix";
@@ -203,7 +204,8 @@ TEST(Stats, IsValidJsonWithTheDocumentedKeys) {
   // This database's entry, found by path, and the same object through PRAGMA safeconc_stats.
   const std::string entry =
       "(select value from json_each(safeconc_stats(), '$.databases') "
-      "where json_extract(value, '$.path') = '" + path + "')";
+      "where json_extract(value, '$.path') = '" +
+      path + "')";
   EXPECT_EQ(db.Int("select json_extract(" + entry + ", '$.handles')"), 1);
   EXPECT_GT(db.Int("select json_extract(" + entry + ", '$.lock_calls.xLock')"), 0);
   EXPECT_EQ(db.Text("select json_type(" + entry + ", '$.ino')"), "integer");
@@ -323,9 +325,8 @@ TEST(Knobs, BadUriValueFailsTheOpenAndIsLogged) {
     const std::string want = std::to_string(SQLITE_CANTOPEN) + ": safeconc: cannot open " + path +
                              ": URI parameter " + BadValue(b.param, b.value, b.accepted);
     const std::vector<std::string> log = TakeLog();
-    EXPECT_NE(std::find(log.begin(), log.end(), want), log.end())
-        << "want: " << want << "\nlog:\n"
-        << ::testing::PrintToString(log);
+    EXPECT_NE(std::find(log.begin(), log.end(), want), log.end()) << "want: " << want << "\nlog:\n"
+                                                                  << ::testing::PrintToString(log);
   }
   // ATTACH of a file with a bad value fails too.
   Db db(dir.File("main.db"));
