@@ -11,8 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -117,7 +117,8 @@ std::string Settings(const Config& c) {
 }
 
 // The user data, without the crash markers, in a stable order.
-const char* kTableT = "select id, name, n, hex(payload) from t where name not like 'marker%' order by id";
+const char* kTableT =
+    "select id, name, n, hex(payload) from t where name not like 'marker%' order by id";
 
 // The child of the simulated crash: commits one marker row, then starts a transaction big
 // enough to spill to disk with a tiny cache, and dies without committing or rolling back.
@@ -152,9 +153,10 @@ std::string RunWorkload(const std::string& dir, const char* vfs, const Config& c
     EXPECT_EQ(db.Text("pragma journal_mode"), c.mode);
     EXPECT_EQ(db.Int("pragma mmap_size"), c.mmap ? 268435456 : 0);
     EXPECT_EQ(db.Int("pragma synchronous"), 0);
-    db.Must("create table t(id integer primary key, name text, n int, payload blob);"
-            "create index t_n on t(n);"
-            "create table big(id integer primary key, b blob)");
+    db.Must(
+        "create table t(id integer primary key, name text, n int, payload blob);"
+        "create index t_n on t(n);"
+        "create table big(id integer primary key, b blob)");
     db.Must("with recursive c(i) as (select 1 union all select i + 1 from c where i < " +
             std::to_string(kRows) +
             ") insert into t(id, name, n, payload) select i, 'row-' || i, (i * 7919) % 1000, "
@@ -175,8 +177,9 @@ std::string RunWorkload(const std::string& dir, const char* vfs, const Config& c
     db.Must(std::string("pragma aux.journal_mode=") + c.mode);
     db.Must("create table aux.u(id integer primary key, name text)");
     // One transaction over two databases: a super-journal in the rollback modes.
-    db.Must("begin; insert into aux.u select id, name from t where n < 100;"
-            "update t set n = -n where id in (select id from aux.u); commit");
+    db.Must(
+        "begin; insert into aux.u select id, name from t where n < 100;"
+        "update t set n = -n where id in (select id from aux.u); commit");
     out << "aux " << Digest(db, "select * from aux.u order by id") << "\n";
     out << "after attach " << Digest(db, kTableT) << "\n";
     db.Must("detach aux");
@@ -244,7 +247,7 @@ TEST_P(Forwarding, SameResultsThroughUnixAndSafeconc) {
 }
 
 const Config kConfigs[] = {
-    {"delete", false},   {"delete", true}, {"truncate", false}, {"truncate", true},
+    {"delete", false},  {"delete", true},  {"truncate", false}, {"truncate", true},
     {"persist", false}, {"persist", true}, {"wal", false},      {"wal", true},
 };
 
