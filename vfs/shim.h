@@ -25,7 +25,9 @@ constexpr const char* kVfsName = "safeconc";
 
 // One open main-database file (one per connection per attached database). SQLite
 // allocates szOsFile bytes for it; the base VFS's file lives right after this struct.
-struct alignas(16) ShimFile {
+// SQLite promises only 8-byte alignment for that memory (the pager carves it out of a larger
+// allocation at ROUND8 offsets), so ShimFile must not ask for more (see the static_asserts).
+struct ShimFile {
   sqlite3_file base;  // must be first: SQLite sees only this
   // Constant after xOpen.
   sqlite3_vfs* base_vfs;  // the wrapped VFS
@@ -38,6 +40,9 @@ struct alignas(16) ShimFile {
   int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
   void* busy_arg = nullptr;
 };
+
+static_assert(alignof(ShimFile) <= 8, "SQLite aligns sqlite3_file memory to 8 bytes only");
+static_assert(sizeof(ShimFile) % 8 == 0, "the base file after a ShimFile must stay 8-aligned");
 
 // The base file, stored right after the ShimFile.
 inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_file*>(p + 1); }
