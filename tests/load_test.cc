@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <mutex>
 #include <set>
 #include <string>
@@ -68,10 +69,10 @@ std::string BadValue(const char* knob, const std::string& value, const char* acc
   return std::string(knob) + ": bad value '" + value + "': expected " + accepted;
 }
 
-int LoadInto(Db& db, std::string* err) {
+int LoadInto(Db& db, std::string* err, const std::string& so = sctest::SoPath()) {
   sqlite3_db_config(db.get(), SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1, nullptr);
   char* e = nullptr;
-  int rc = sqlite3_load_extension(db.get(), sctest::SoPath().c_str(), nullptr, &e);
+  int rc = sqlite3_load_extension(db.get(), so.c_str(), nullptr, &e);
   *err = e ? e : "";
   sqlite3_free(e);
   return rc;
@@ -136,6 +137,37 @@ TEST(Load, LoadingAgainIsHarmless) {
   Db later(dir.File("later.db"));
   EXPECT_EQ(later.VfsName(), "safeconc/unix") << "not safeconc/safeconc/unix";
   later.Must("create table t(x)");
+}
+
+// A second copy of the library (another file, e.g. one bundled by a binding: dlopen gives it
+// its own globals) finds `safeconc` registered by the first and defers to it, however often
+// it is loaded. Catches a re-load of the second copy registering its own, never-filled
+// sqlite3_vfs (no name, no methods) as the default, which crashes the next open.
+TEST(Load, SecondCopyOfTheLibraryDefersToTheFirst) {
+  sctest::LoadExtension();
+  TempDir dir;
+  const std::string copy = dir.File("libsafeconc.so");
+  std::filesystem::copy_file(sctest::SoPath(), copy);
+  sqlite3_vfs* first = sqlite3_vfs_find("safeconc");
+  ASSERT_NE(first, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    Db db(":memory:");
+    std::string err;
+    EXPECT_EQ(LoadInto(db, &err, copy), SQLITE_OK) << err;
+  }
+  int named = 0;
+  for (sqlite3_vfs* v = sqlite3_vfs_find(nullptr); v; v = v->pNext) {
+    ASSERT_NE(v->zName, nullptr) << "a VFS without a name was registered";
+    named += v->zName == std::string("safeconc");
+  }
+  EXPECT_EQ(named, 1);
+  EXPECT_EQ(sqlite3_vfs_find(nullptr), first);
+  Db later(dir.File("later.db"));
+  ASSERT_EQ(later.open_rc(), SQLITE_OK) << later.error();
+  EXPECT_EQ(later.VfsName(), "safeconc/unix");
+  later.Must("create table t(x)");
+  // The functions later connections get are still the first copy's: they see its state.
+  EXPECT_GE(later.Int("select json_extract(safeconc_stats(), '$.process.files_open')"), 1);
 }
 
 // `?vfs=unix` and sqlite3_open_v2(..., "unix") opt out; `?vfs=safeconc` selects it

@@ -51,6 +51,11 @@ inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_fil
 // default. Returns an SQLite code; on failure *err says why.
 int RegisterVfs(std::string* err);
 
+// False when another copy of this library (loaded from a different path) had registered
+// `safeconc` first and RegisterVfs deferred to it: this copy must then add nothing of its
+// own (its functions would read its own, empty registry and knob defaults).
+bool VfsOwnedByThisCopy();
+
 // The io_methods table for a base file of the given iVersion (1..3).
 const sqlite3_io_methods* ShimMethods(int base_version);
 
