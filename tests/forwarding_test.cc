@@ -49,13 +49,25 @@ std::string Digest(Db& db, const std::string& sql) {
   return std::to_string(n) + " rows #" + std::to_string(h);
 }
 
-// Deterministic bytes for chunk `i` of the blob (so both runs write the same 50 MB).
+// Deterministic bytes for chunk `i` of the blob (so both runs write the same 50 MB). Eight
+// bytes per step: the Debug+ASan build runs this over 200 MB per configuration.
 void FillChunk(int i, std::vector<unsigned char>* buf) {
   uint64_t x = 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(i + 1);
-  for (auto& b : *buf) {
+  for (size_t off = 0; off + 8 <= buf->size(); off += 8) {
     x = x * 6364136223846793005ull + 1442695040888963407ull;
-    b = static_cast<unsigned char>(x >> 56);
+    std::memcpy(buf->data() + off, &x, 8);
   }
+}
+
+// A fast hash of a chunk (word-wise FNV-style mixing), for the same reason.
+uint64_t HashChunk(uint64_t h, const unsigned char* p, size_t n) {
+  size_t off = 0;
+  for (; off + 8 <= n; off += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + off, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  return Fnv(h, p + off, n - off);
 }
 
 // Writes the blob in chunks through incremental blob I/O; returns "" or the error.
@@ -92,7 +104,7 @@ std::string BlobDigest(Db& db) {
     }
     FillChunk(i, &want);
     pattern_ok = pattern_ok && std::memcmp(buf.data(), want.data(), n) == 0;
-    h = Fnv(h, buf.data(), n);
+    h = HashChunk(h, buf.data(), n);
   }
   sqlite3_blob_close(blob);
   return std::to_string(size) + " bytes, pattern " + (pattern_ok ? "ok" : "WRONG") + " #" +

@@ -74,8 +74,8 @@ void Worker(const std::string& path, const std::string& mode, int id, StartLine*
                nullptr, nullptr, nullptr);
   start->ArriveAndWait();
   for (int i = 0; i < kTxnsPerThread; ++i) {
-    const std::string insert = "insert into log(thread, seq) values (" + std::to_string(id) +
-                               ", " + std::to_string(i) + ")";
+    const std::string insert = "insert into log(thread, seq) values (" + std::to_string(id) + ", " +
+                               std::to_string(i) + ")";
     std::vector<std::string> txn;
     switch (i % 3) {
       case 0:  // autocommit: SQLite retries its lock through the busy handler
