@@ -57,8 +57,15 @@ extern "C" __attribute__((visibility("default"))) int sqlite3_safeconc_init(
     std::string why;
     int rc = safeconc::RegisterVfs(&why);
     if (rc != SQLITE_OK) {
-      if (pzErrMsg) *pzErrMsg = sqlite3_mprintf("safeconc: could not register the VFS: %s", why.c_str());
+      if (pzErrMsg)
+        *pzErrMsg = sqlite3_mprintf("safeconc: could not register the VFS: %s", why.c_str());
       return rc;
+    }
+    if (!safeconc::VfsOwnedByThisCopy()) {
+      // Another copy of libsafeconc (another path) owns the VFS; its auto-extension already
+      // serves later connections with SQL functions that see the VFS's state. Ours would
+      // override them with functions that see this copy's empty state.
+      return SQLITE_OK_LOAD_PERMANENTLY;
     }
     rc = sqlite3_auto_extension(reinterpret_cast<void (*)(void)>(safeconc::AutoInit));
     if (rc != SQLITE_OK) {

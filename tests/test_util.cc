@@ -49,11 +49,11 @@ Db::~Db() { sqlite3_close_v2(db_); }
 
 std::string Db::error() const { return db_ ? sqlite3_errmsg(db_) : "no connection"; }
 
-int Db::Exec(const std::string& sql) { return sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr); }
-
-void Db::Must(const std::string& sql) {
-  ASSERT_EQ(Exec(sql), SQLITE_OK) << sql << ": " << error();
+int Db::Exec(const std::string& sql) {
+  return sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr);
 }
+
+void Db::Must(const std::string& sql) { ASSERT_EQ(Exec(sql), SQLITE_OK) << sql << ": " << error(); }
 
 std::vector<std::string> Db::Rows(const std::string& sql) {
   std::vector<std::string> rows;

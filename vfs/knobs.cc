@@ -22,8 +22,8 @@ const char* const kTxnWords[] = {"deferred", "immediate", "serial"};
 // Written by safeconc_config() on any thread, read at every open. Relaxed: each default is
 // independent and an open that races a change may see either value.
 // Initial values: the contract's defaults (5000 ms, deferred, 10000 ms).
-std::atomic<int64_t> g_defaults[kKnobCount] = {{5000}, {static_cast<int64_t>(TxnMode::kDeferred)},
-                                               {10000}};
+std::atomic<int64_t> g_defaults[kKnobCount] = {
+    {5000}, {static_cast<int64_t>(TxnMode::kDeferred)}, {10000}};
 
 const KnobInfo& Info(Knob k) { return kKnobs[static_cast<int>(k)]; }
 

@@ -48,7 +48,9 @@ class KnobSet {
  public:
   KnobSet();  // starts from the process defaults
   int64_t Get(Knob k) const { return v_[static_cast<int>(k)].load(std::memory_order_relaxed); }
-  void Set(Knob k, int64_t value) { v_[static_cast<int>(k)].store(value, std::memory_order_relaxed); }
+  void Set(Knob k, int64_t value) {
+    v_[static_cast<int>(k)].store(value, std::memory_order_relaxed);
+  }
   TxnMode txn() const { return static_cast<TxnMode>(Get(Knob::kTxn)); }
 
  private:

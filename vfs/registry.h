@@ -73,7 +73,7 @@ class DbEntry {
   const std::shared_ptr<Coordinator> coord_;
   // Guarded by Registry::mu_ (an annotation cannot name another object's member here).
   std::vector<const LockCounters*> handles_;  // live handles' counters
-  LockTotals retired_;                         // counters of closed handles
+  LockTotals retired_;                        // counters of closed handles
 };
 
 class Registry {
@@ -87,7 +87,7 @@ class Registry {
   void Release(DbEntry* e, const LockCounters* handle) SC_EXCLUDES(mu_);
 
   // Diagnostics.
-  void WriteProcessJson(JsonWriter& w) SC_EXCLUDES(mu_);     // "process": {...}, "databases": [...]
+  void WriteProcessJson(JsonWriter& w) SC_EXCLUDES(mu_);  // "process": {...}, "databases": [...]
   void WriteEntryJson(JsonWriter& w, DbEntry* e) SC_EXCLUDES(mu_);  // one database's object
 
  private:

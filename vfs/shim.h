@@ -27,15 +27,17 @@ constexpr const char* kVfsName = "safeconc";
 
 // One open main-database file (one per connection per attached database). SQLite
 // allocates szOsFile bytes for it; the base VFS's file lives right after this struct.
+// SQLite promises only 8-byte alignment for that memory (the pager carves it out of a larger
+// allocation at ROUND8 offsets), so ShimFile must not ask for more (see the static_asserts).
 struct ShimFile {
-  sqlite3_file base;           // must be first: SQLite sees only this
+  sqlite3_file base;  // must be first: SQLite sees only this
   // Constant after xOpen.
-  sqlite3_vfs* base_vfs;       // the wrapped VFS
-  DbEntry* entry;              // the registry entry for this file's inode
-  const char* path;            // the name SQLite opened (owned by SQLite, valid until xClose)
+  sqlite3_vfs* base_vfs;  // the wrapped VFS
+  DbEntry* entry;         // the registry entry for this file's inode
+  const char* path;       // the name SQLite opened (owned by SQLite, valid until xClose)
   // Written by the connection's thread, read by diagnostics anywhere (atomics inside).
-  KnobSet knobs;               // this connection's knob values
-  LockCounters counters;       // this handle's lock calls
+  KnobSet knobs;                   // this connection's knob values
+  LockCounters counters;           // this handle's lock calls
   std::shared_ptr<Ticket> ticket;  // place in the coordinator's line (shared with busy records)
   uint64_t handle_id = 0;          // process-unique, for diagnostics
   // Owned by the connection's thread (SQLite calls one method of a file at a time).
@@ -58,9 +60,8 @@ struct ShimFile {
   std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
 };
 
-// SQLite allocates file objects with 8-byte alignment only, and the base file must start
-// suitably aligned right after ours.
-static_assert(alignof(ShimFile) <= 8 && sizeof(ShimFile) % 8 == 0, "ShimFile layout");
+static_assert(alignof(ShimFile) <= 8, "SQLite aligns sqlite3_file memory to 8 bytes only");
+static_assert(sizeof(ShimFile) % 8 == 0, "the base file after a ShimFile must stay 8-aligned");
 
 // The base file, stored right after the ShimFile.
 inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_file*>(p + 1); }
@@ -68,6 +69,11 @@ inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_fil
 // Registers the VFS (once per process; later calls are harmless) and makes it the
 // default. Returns an SQLite code; on failure *err says why.
 int RegisterVfs(std::string* err);
+
+// False when another copy of this library (loaded from a different path) had registered
+// `safeconc` first and RegisterVfs deferred to it: this copy must then add nothing of its
+// own (its functions would read its own, empty registry and knob defaults).
+bool VfsOwnedByThisCopy();
 
 // The io_methods table for a base file of the given iVersion (1..3).
 const sqlite3_io_methods* ShimMethods(int base_version);

@@ -176,12 +176,12 @@ int ShimFileControl(sqlite3_file* f, int op, void* arg) {
 
 // Method tables, one per base iVersion: SQLite checks iVersion before using the v2 (WAL)
 // and v3 (mmap) slots, so we must not advertise what the base lacks.
-#define SAFECONC_IO_METHODS(version)                                                  \
-  {                                                                                   \
-    version, ShimClose, ShimRead, ShimWrite, ShimTruncate, ShimSync, ShimFileSize,    \
-        ShimLock, ShimUnlock, ShimCheckReservedLock, ShimFileControl, ShimSectorSize, \
-        ShimDeviceCharacteristics, ShimShmMap, ShimShmLock, ShimShmBarrier,           \
-        ShimShmUnmap, ShimFetch, ShimUnfetch                                          \
+#define SAFECONC_IO_METHODS(version)                                                         \
+  {                                                                                          \
+    version, ShimClose, ShimRead, ShimWrite, ShimTruncate, ShimSync, ShimFileSize, ShimLock, \
+        ShimUnlock, ShimCheckReservedLock, ShimFileControl, ShimSectorSize,                  \
+        ShimDeviceCharacteristics, ShimShmMap, ShimShmLock, ShimShmBarrier, ShimShmUnmap,    \
+        ShimFetch, ShimUnfetch                                                               \
   }
 const sqlite3_io_methods kMethods[3] = {SAFECONC_IO_METHODS(1), SAFECONC_IO_METHODS(2),
                                         SAFECONC_IO_METHODS(3)};

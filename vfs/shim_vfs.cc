@@ -36,8 +36,7 @@ bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
     int64_t v;
     std::string err;
     if (!ParseKnob(k, text, &v, &err)) {
-      sqlite3_log(SQLITE_CANTOPEN, "safeconc: cannot open %s: URI parameter %s", name,
-                  err.c_str());
+      sqlite3_log(SQLITE_CANTOPEN, "safeconc: cannot open %s: URI parameter %s", name, err.c_str());
       return false;
     }
     knobs->Set(k, v);
@@ -45,8 +44,7 @@ bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
   return true;
 }
 
-int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags,
-             int* out_flags) {
+int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags, int* out_flags) {
   sqlite3_vfs* base = BaseVfs(vfs);
   // Journals, WAL and temp files go straight to the base: only the main database's locks
   // are coordinated, and the base file then owns pMethods (as cksumvfs does).
@@ -135,29 +133,31 @@ const char* ShimNextSystemCall(sqlite3_vfs* v, const char* name) {
 // The registered VFS. Filled in by RegisterVfs under g_register_mu, then constant.
 sqlite3_vfs g_vfs = {};
 Mutex g_register_mu;
-bool g_registered SC_GUARDED_BY(g_register_mu) = false;
+// The `safeconc` VFS this copy of the library stands for: &g_vfs, or the one another copy
+// (loaded from a different path) registered first. Null until the first load.
+sqlite3_vfs* g_active SC_GUARDED_BY(g_register_mu) = nullptr;
 
 }  // namespace
 
 int RegisterVfs(std::string* err) {
   MutexLock l(&g_register_mu);
-  if (g_registered) {
+  if (g_active != nullptr) {
     // Loading again expresses the same intent: make sure we are (still) the default, e.g.
     // after sqlite3_shutdown()/sqlite3_initialize() restored "unix" as the default.
-    if (sqlite3_vfs_find(nullptr) != &g_vfs) return sqlite3_vfs_register(&g_vfs, 1);
+    if (sqlite3_vfs_find(nullptr) != g_active) return sqlite3_vfs_register(g_active, 1);
     return SQLITE_OK;
+  }
+  if (sqlite3_vfs* other = sqlite3_vfs_find(kVfsName)) {
+    // Another copy of this library (loaded from a different path) registered it already.
+    // Its VFS does the job; registering a second one would wrap it again. This copy's g_vfs
+    // stays unfilled and is never registered.
+    g_active = other;
+    return sqlite3_vfs_find(nullptr) == other ? SQLITE_OK : sqlite3_vfs_register(other, 1);
   }
   sqlite3_vfs* base = sqlite3_vfs_find(nullptr);
   if (base == nullptr) {
     *err = "no default VFS to wrap";
     return SQLITE_ERROR;
-  }
-  if (sqlite3_vfs_find(kVfsName) != nullptr) {
-    // Another copy of this library (loaded from a different path) registered it already.
-    // Its VFS does the job; registering a second one would wrap it again.
-    *err = "";
-    g_registered = true;
-    return SQLITE_OK;
   }
   g_vfs.iVersion = base->iVersion < 3 ? base->iVersion : 3;
   g_vfs.szOsFile = static_cast<int>(sizeof(ShimFile)) + base->szOsFile;
@@ -187,8 +187,13 @@ int RegisterVfs(std::string* err) {
     *err = std::string("sqlite3_vfs_register failed: ") + sqlite3_errstr(rc);
     return rc;
   }
-  g_registered = true;
+  g_active = &g_vfs;
   return SQLITE_OK;
+}
+
+bool VfsOwnedByThisCopy() {
+  MutexLock l(&g_register_mu);
+  return g_active == &g_vfs;
 }
 
 void WriteVfsJson(JsonWriter& w) {
