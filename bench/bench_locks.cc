@@ -160,7 +160,8 @@ double NsPerOp(bool safeconc, bool write, int n) {
                "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES(1, 1)",
                nullptr, nullptr, nullptr);
   sqlite3_stmt* st = nullptr;
-  sqlite3_prepare_v2(db, write ? "UPDATE t SET v = v + 1 WHERE id = 1" : "SELECT v FROM t WHERE id = 1",
+  sqlite3_prepare_v2(db,
+                     write ? "UPDATE t SET v = v + 1 WHERE id = 1" : "SELECT v FROM t WHERE id = 1",
                      -1, &st, nullptr);
   const Clock::time_point t0 = Clock::now();
   for (int i = 0; i < n; ++i) {
@@ -213,8 +214,10 @@ int main(int argc, char** argv) {
                 best_safe, best_safe / best_unix);
   }
 
-  std::printf("\nWrite contention: BEGIN IMMEDIATE; INSERT; <work>; COMMIT, %.1f s per cell,\n"
-              "busy_timeout(5000) everywhere, synchronous=OFF\n", seconds);
+  std::printf(
+      "\nWrite contention: BEGIN IMMEDIATE; INSERT; <work>; COMMIT, %.1f s per cell,\n"
+      "busy_timeout(5000) everywhere, synchronous=OFF\n",
+      seconds);
   const Peer peers[] = {Peer::kStock, Peer::kMutex, Peer::kSafeconc};
   const char* only_journal = std::getenv("BENCH_JOURNAL");  // e.g. BENCH_JOURNAL=wal
   for (const char* journal : {"wal", "delete"}) {
@@ -234,8 +237,10 @@ int main(int argc, char** argv) {
           }
           char vs_stock[16] = "", vs_mutex[16] = "";
           if (peers[i] == Peer::kSafeconc) {
-            std::snprintf(vs_stock, sizeof vs_stock, "%.2fx", res[i].tps / std::max(1.0, res[0].tps));
-            std::snprintf(vs_mutex, sizeof vs_mutex, "%.2fx", res[i].tps / std::max(1.0, res[1].tps));
+            std::snprintf(vs_stock, sizeof vs_stock, "%.2fx",
+                          res[i].tps / std::max(1.0, res[0].tps));
+            std::snprintf(vs_mutex, sizeof vs_mutex, "%.2fx",
+                          res[i].tps / std::max(1.0, res[1].tps));
           }
           std::printf("  %7d %-12s %9.0f %8.2f %8.2f %9.1f %8ld %12s %9s %9s\n", threads,
                       PeerName(peers[i]), res[i].tps, res[i].p50_ms, res[i].p99_ms, res[i].max_ms,

@@ -7,11 +7,11 @@
 // configured timeout, so a busy machine cannot make them flake.
 #include <sqlite3.h>
 
+#include <unistd.h>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
-#include <unistd.h>
 #include <string>
 #include <thread>
 #include <vector>

@@ -85,8 +85,12 @@ TEST_P(CoordinatorStress, NoFailuresNothingLostNoOvertakes) {
             "INSERT INTO t(thread, i) VALUES(" + std::to_string(t) + "," + std::to_string(i) + ")";
         std::string sql;
         switch (cfg.workload) {
-          case Workload::kAutocommit: sql = ins; break;
-          case Workload::kBeginImmediate: sql = "BEGIN IMMEDIATE;" + ins + ";COMMIT"; break;
+          case Workload::kAutocommit:
+            sql = ins;
+            break;
+          case Workload::kBeginImmediate:
+            sql = "BEGIN IMMEDIATE;" + ins + ";COMMIT";
+            break;
           case Workload::kReadThenWriteImmediate:
             sql = "BEGIN; SELECT count(*) FROM t;" + ins + ";COMMIT";
             break;

@@ -197,8 +197,7 @@ TEST(CoordinatorQueue, CloseLeavesTheLineAndFreesTheTurn) {
 TEST(CoordinatorQueue, YieldKeepsFirstPlace) {
   Fixture f;
   Ticket *a = f.New(), *b = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(a, false, true, In(milliseconds(0)), 1),
-            Coordinator::Grant::kGranted);
+  ASSERT_EQ(f.c->AcquireTurn(a, false, true, In(milliseconds(0)), 1), Coordinator::Grant::kGranted);
   f.c->YieldTurnKeepPlace(a);
   EXPECT_EQ(f.c->AcquireTurn(b, false, true, In(milliseconds(0)), 2), Coordinator::Grant::kQueued);
   EXPECT_EQ(f.c->AcquireTurn(a, false, true, In(milliseconds(0)), 1), Coordinator::Grant::kGranted);

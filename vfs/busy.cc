@@ -87,9 +87,8 @@ void FailRecord(ShimFile* p, const char* result) {
   std::string msg = std::string("gave up after ") +
                     std::to_string(Millis(Clock::now() - p->pending.arrived)) + " ms";
   if (b.held) {
-    msg += "; the write turn is held by handle " + std::to_string(b.holder_handle) +
-           " on thread " + std::to_string(b.holder_tid) + " for " + std::to_string(b.held_ms) +
-           " ms";
+    msg += "; the write turn is held by handle " + std::to_string(b.holder_handle) + " on thread " +
+           std::to_string(b.holder_tid) + " for " + std::to_string(b.held_ms) + " ms";
   }
   RecordFailure(p, p->pending.lock, result, msg);
 }

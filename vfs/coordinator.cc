@@ -44,7 +44,10 @@ void Coordinator::EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now
     t->passed = 0;
     t->prev = tail_;
     t->next = nullptr;
-    if (tail_) tail_->next = t; else head_ = t;
+    if (tail_)
+      tail_->next = t;
+    else
+      head_ = t;
     tail_ = t;
     t->queued = true;
     ++queue_len_;
@@ -64,7 +67,10 @@ void Coordinator::EnqueueFrontLocked(Ticket* t, Clock::time_point now) {
   t->passed = 0;
   t->prev = nullptr;
   t->next = head_;
-  if (head_) head_->prev = t; else tail_ = t;
+  if (head_)
+    head_->prev = t;
+  else
+    tail_ = t;
   head_ = t;
   t->queued = true;
   ++queue_len_;
@@ -75,8 +81,14 @@ void Coordinator::EnqueueFrontLocked(Ticket* t, Clock::time_point now) {
 
 void Coordinator::RemoveLocked(Ticket* t) {
   if (!t->queued) return;
-  if (t->prev) t->prev->next = t->next; else head_ = t->next;
-  if (t->next) t->next->prev = t->prev; else tail_ = t->prev;
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    head_ = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+  else
+    tail_ = t->prev;
   t->prev = t->next = nullptr;
   t->queued = false;
   --queue_len_;
@@ -153,7 +165,10 @@ void Coordinator::GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) {
   // An unconfirmed one is counted only if its owner turns out to be waiting after all.
   for (Ticket* e = head_; e != nullptr && e != t; e = e->next) {
     if (!e->expired) break;
-    if (e->confirmed) ++stats_.overtakes; else ++e->passed;
+    if (e->confirmed)
+      ++stats_.overtakes;
+    else
+      ++e->passed;
   }
   if (t->queued) {
     ++stats_.waits;
@@ -312,10 +327,15 @@ void Coordinator::Cancel(Ticket* t, CancelWhy why) {
   MutexLock l(&mu_);
   if (!t->queued) return;
   switch (why) {
-    case CancelWhy::kTimeout: ++stats_.timeouts; break;
-    case CancelWhy::kFastFail: ++stats_.fast_failed; break;
+    case CancelWhy::kTimeout:
+      ++stats_.timeouts;
+      break;
+    case CancelWhy::kFastFail:
+      ++stats_.fast_failed;
+      break;
     case CancelWhy::kClosed:
-    case CancelWhy::kGaveUp: break;
+    case CancelWhy::kGaveUp:
+      break;
   }
   RemoveLocked(t);
   RefreshFrontLocked(Clock::now());
@@ -332,7 +352,10 @@ void Coordinator::Close(Ticket* t) {
   t->open = false;
   RemoveLocked(t);
   if (t->reading) {
-    if (t->rprev) t->rprev->rnext = t->rnext; else readers_ = t->rnext;
+    if (t->rprev)
+      t->rprev->rnext = t->rnext;
+    else
+      readers_ = t->rnext;
     if (t->rnext) t->rnext->rprev = t->rprev;
     t->reading = false;
     --reader_count_;
@@ -365,7 +388,10 @@ void Coordinator::ReaderEnter(Ticket* t, uint64_t tid) {
 void Coordinator::ReaderLeave(Ticket* t) {
   MutexLock l(&mu_);
   if (!t->reading) return;
-  if (t->rprev) t->rprev->rnext = t->rnext; else readers_ = t->rnext;
+  if (t->rprev)
+    t->rprev->rnext = t->rnext;
+  else
+    readers_ = t->rnext;
   if (t->rnext) t->rnext->rprev = t->rprev;
   t->rprev = t->rnext = nullptr;
   t->reading = false;
@@ -412,7 +438,10 @@ void Coordinator::WaitForChange(uint64_t gen, Clock::time_point until) {
 
 void Coordinator::CountBusyReturn(bool cross_process) {
   MutexLock l(&mu_);
-  if (cross_process) ++stats_.cross_process_busy; else ++stats_.busy_returns;
+  if (cross_process)
+    ++stats_.cross_process_busy;
+  else
+    ++stats_.busy_returns;
 }
 void Coordinator::CountTimeout() {
   MutexLock l(&mu_);

@@ -51,7 +51,8 @@ class Coordinator;
 
 // One per open shim file: its place in line and what the coordinator knows of it.
 struct Ticket {
-  Ticket(std::shared_ptr<Coordinator> c, uint64_t handle_id) : coord(std::move(c)), handle(handle_id) {}
+  Ticket(std::shared_ptr<Coordinator> c, uint64_t handle_id)
+      : coord(std::move(c)), handle(handle_id) {}
 
   // Constant after construction.
   const std::shared_ptr<Coordinator> coord;
@@ -62,15 +63,15 @@ struct Ticket {
   Ticket* prev = nullptr;  // queue links
   Ticket* next = nullptr;
   bool queued = false;
-  bool open = true;        // false once the file closed
-  uint64_t seq = 0;        // arrival order
-  bool confirmed = false;  // its owner is known to come back (in a wait, or its handler ran)
-  bool expired = false;    // lease ran out while it was front: grants may pass it
-  uint64_t passed = 0;     // grants that passed it while expired and unconfirmed
+  bool open = true;               // false once the file closed
+  uint64_t seq = 0;               // arrival order
+  bool confirmed = false;         // its owner is known to come back (in a wait, or its handler ran)
+  bool expired = false;           // lease ran out while it was front: grants may pass it
+  uint64_t passed = 0;            // grants that passed it while expired and unconfirmed
   Clock::time_point arrived;      // when this request was first refused
   Clock::time_point ready_since;  // when it became front with the turn free (stats)
   Clock::time_point lease_start;  // ready_since, renewed while its owner is seen waiting
-  Ticket* rprev = nullptr;  // reader links (rollback SHARED holders)
+  Ticket* rprev = nullptr;        // reader links (rollback SHARED holders)
   Ticket* rnext = nullptr;
   bool reading = false;
   uint64_t reader_tid = 0;
@@ -211,20 +212,20 @@ class Coordinator {
   std::atomic<bool> contended_{false};  // see Contended()
 
   struct Stats {
-    uint64_t acquisitions = 0;       // turns granted
-    uint64_t waits = 0;              // grants that had to wait
-    Histogram wait_us;               // first refusal -> grant
-    Histogram release_to_grant_us;   // release -> grant of the woken front ticket
+    uint64_t acquisitions = 0;      // turns granted
+    uint64_t waits = 0;             // grants that had to wait
+    Histogram wait_us;              // first refusal -> grant
+    Histogram release_to_grant_us;  // release -> grant of the woken front ticket
     uint64_t timeouts = 0;
-    uint64_t fast_failed = 0;        // refused where SQLite does not retry (upgrades)
-    uint64_t overtakes = 0;          // grants ahead of a still-waiting earlier arrival
+    uint64_t fast_failed = 0;  // refused where SQLite does not retry (upgrades)
+    uint64_t overtakes = 0;    // grants ahead of a still-waiting earlier arrival
     uint64_t lease_expired = 0;
     uint64_t self_deadlocks = 0;
-    uint64_t busy_returns = 0;       // SQLITE_BUSY returned at once (unsafe wait points)
-    uint64_t cross_process_busy = 0; // base lock refused: another process
-    uint64_t handlers_installed = 0; // busy handlers enforced on connections without one
-    uint64_t in_lock_waits = 0;      // waits inside a lock call (safe points)
-    uint64_t revoked = 0;            // pre-read turns revoked after kPreReadLease
+    uint64_t busy_returns = 0;        // SQLITE_BUSY returned at once (unsafe wait points)
+    uint64_t cross_process_busy = 0;  // base lock refused: another process
+    uint64_t handlers_installed = 0;  // busy handlers enforced on connections without one
+    uint64_t in_lock_waits = 0;       // waits inside a lock call (safe points)
+    uint64_t revoked = 0;             // pre-read turns revoked after kPreReadLease
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;
   } stats_ SC_GUARDED_BY(mu_);

@@ -48,7 +48,7 @@ class Histogram {
   static constexpr int kBuckets = 4 * 44;  // up to ~2^44 us (200 days)
   static int Bucket(uint64_t v) {
     if (v < 4) return static_cast<int>(v);
-    const int msb = 63 - __builtin_clzll(v);                // >= 2
+    const int msb = 63 - __builtin_clzll(v);                 // >= 2
     const int sub = static_cast<int>((v >> (msb - 2)) & 3);  // next two bits
     const int b = 4 * (msb - 1) + sub;
     return b < kBuckets ? b : kBuckets - 1;

@@ -18,9 +18,9 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include <strings.h>
 #include <algorithm>
 #include <chrono>
-#include <strings.h>
 
 #include <cstring>
 #include <thread>
@@ -76,7 +76,8 @@ bool BeginsWriteTransaction(const char* sql) {
 // for the turn here (a safe point) spares the refusal, the dropped locks and the retry.
 // Read-then-write transactions are not affected: their write comes in a later statement.
 bool StatementWillWrite(sqlite3* db) {
-  for (sqlite3_stmt* s = sqlite3_next_stmt(db, nullptr); s != nullptr; s = sqlite3_next_stmt(db, s)) {
+  for (sqlite3_stmt* s = sqlite3_next_stmt(db, nullptr); s != nullptr;
+       s = sqlite3_next_stmt(db, s)) {
     if (!sqlite3_stmt_busy(s)) continue;
     if (!sqlite3_stmt_readonly(s) || BeginsWriteTransaction(sqlite3_sql(s))) return true;
   }
@@ -87,11 +88,13 @@ bool StatementWillWrite(sqlite3* db) {
 bool TxnWantsTurn(ShimFile* p) {
   if (p->db == nullptr) return p->knobs.txn() == TxnMode::kSerial;
   switch (p->knobs.txn()) {
-    case TxnMode::kSerial: return true;
+    case TxnMode::kSerial:
+      return true;
     case TxnMode::kImmediate:
       if (sqlite3_get_autocommit(p->db) == 0) return true;
       break;
-    case TxnMode::kDeferred: break;
+    case TxnMode::kDeferred:
+      break;
   }
   // Only worth a look at the running statements when the turn is busy: otherwise the write
   // lock request that follows gets the turn at once anyway.
@@ -237,14 +240,16 @@ int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, Blockers blo
       c.CountTimeout();
       RecordFailure(p, lock, "timeout",
                     "waited " + std::to_string(p->knobs.Get(Knob::kTimeout)) +
-                        " ms (safeconc_timeout) for " + (in_process ? "this process" : "another process"));
+                        " ms (safeconc_timeout) for " +
+                        (in_process ? "this process" : "another process"));
       NoteRefusal(p, lock, BusyKind::kFinal);
       return rc;
     }
     // In-process holders wake us on release; poll now and then anyway in case another
     // process holds the lock too.
-    const Clock::duration step = in_process ? std::chrono::milliseconds(50)
-                                            : std::chrono::milliseconds(std::min(1 << std::min(polls, 4), 10));
+    const Clock::duration step =
+        in_process ? std::chrono::milliseconds(50)
+                   : std::chrono::milliseconds(std::min(1 << std::min(polls, 4), 10));
     ++polls;
     c.WaitForChange(gen, std::min(deadline, now + step));
   }

@@ -43,19 +43,19 @@ struct ShimFile {
   // Owned by the connection's thread (SQLite calls one method of a file at a time).
   int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
   void* busy_arg = nullptr;
-  sqlite3* db = nullptr;            // the connection (SQLITE_FCNTL_PDB), null if never told
-  int level = SQLITE_LOCK_NONE;     // the base lock level this handle holds
-  bool wal = false;                 // the WAL-index is mapped: transactions are read marks
-  int read_marks = 0;               // WAL read-mark (READ_i shared) locks held
-  unsigned turn_reasons = 0;        // TurnReason bits; non-zero iff this handle holds the turn
+  sqlite3* db = nullptr;         // the connection (SQLITE_FCNTL_PDB), null if never told
+  int level = SQLITE_LOCK_NONE;  // the base lock level this handle holds
+  bool wal = false;              // the WAL-index is mapped: transactions are read marks
+  int read_marks = 0;            // WAL read-mark (READ_i shared) locks held
+  unsigned turn_reasons = 0;     // TurnReason bits; non-zero iff this handle holds the turn
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
   // The current refused request, until it is granted or fails.
   struct Pending {
     bool active = false;
-    const char* lock = "";           // what was asked for ("RESERVED", "WAL WRITE", ...)
-    Clock::time_point arrived;       // first refusal
-    Clock::time_point deadline;      // arrived + safeconc_timeout
+    const char* lock = "";       // what was asked for ("RESERVED", "WAL WRITE", ...)
+    Clock::time_point arrived;   // first refusal
+    Clock::time_point deadline;  // arrived + safeconc_timeout
   } pending;
   std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
 };
