@@ -32,6 +32,7 @@ namespace safeconc {
 namespace {
 
 constexpr int kWalWriteLock = 0;  // WAL_WRITE_LOCK
+constexpr int kWalCkptLock = 1;   // WAL_CKPT_LOCK
 constexpr int kWalReadLock0 = 3;  // WAL_READ_LOCK(0); READ_i = 3 + i, i < 5
 constexpr int kWalReadLocks = 5;
 
@@ -114,6 +115,7 @@ Clock::time_point Deadline(ShimFile* p) {
 void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
 
 void DropReason(ShimFile* p, unsigned reason) {
+  if (reason & kReasonTxn) p->pre_read_turn = false;
   if ((p->turn_reasons & reason) == 0) return;
   p->turn_reasons &= ~reason;
   if (p->turn_reasons == 0) Coord(p).ReleaseTurn(p->ticket.get());
@@ -407,9 +409,20 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     rc = o->pMethods->xShmLock(o, offset, n, flags);
     if (rc == SQLITE_OK) {
       if (++p->read_marks == 1 && p->turn_reasons != 0) Coord(p).ReadStarted(p->ticket.get());
+      p->pre_read_turn = false;
     } else if (took) {
       DropReason(p, kReasonTxn);
     }
+    return rc;
+  }
+  if (offset == kWalCkptLock && (flags & SQLITE_SHM_EXCLUSIVE)) {
+    if (lock && p->pre_read_turn) {
+      // The header read the turn was taken for belongs to a checkpoint, not a read start.
+      p->pre_read_turn = false;
+      DropReason(p, kReasonTxn);
+    }
+    rc = o->pMethods->xShmLock(o, offset, n, flags);
+    if (rc == SQLITE_OK) p->ckpt_held = lock;
     return rc;
   }
   rc = o->pMethods->xShmLock(o, offset, n, flags);
@@ -425,8 +438,9 @@ void LockPathShmBarrier(ShimFile* p) {
   // header: a header that writers keep changing (or tear, when one is preempted mid-update)
   // sends wal.c into retries with quadratically growing sleeps, seen as ~1 s stalls with
   // many threads. Safe point: no read mark is held yet.
-  if (p->read_marks == 0 && p->turn_reasons == 0 && TxnWantsTurn(p)) {
-    TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
+  // A checkpoint reads the header too (holding CKPT, and never taking a read mark): not here.
+  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && TxnWantsTurn(p)) {
+    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
   }
 }
 
