@@ -7,6 +7,7 @@
 // configured timeout, so a busy machine cannot make them flake.
 #include <sqlite3.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 #include <atomic>
 #include <chrono>
@@ -238,6 +239,112 @@ TEST(CoordinatorCheckpoint, AllModesWorkUnderLoadAndCloseRemovesWal) {
   }
   // The last close checkpointed and deleted the WAL.
   EXPECT_NE(access(dir.File("c.db-wal").c_str(), F_OK), 0);
+}
+
+}  // namespace
+
+namespace {
+
+// The same file reached through a path and through a symlink shares one coordinator (keyed by
+// device and inode): a writer through one name makes a writer through the other wait its
+// turn; the coordinator is freed with the last handle. Would catch coordinators keyed by path.
+TEST(CoordinatorIdentity, SymlinkSharesOneCoordinatorFreedWithLastHandle) {
+  sctest::LoadExtension();
+  sctest::TempDir dir;
+  const std::string real = dir.File("real.db"), link = dir.File("link.db");
+  {
+    sctest::Db db("file:" + real);
+    db.Must("CREATE TABLE t(x)");
+  }
+  ASSERT_EQ(symlink(real.c_str(), link.c_str()), 0);
+  auto db_count = [](sctest::Db& db, const std::string& path) {
+    return db.Int(
+        "SELECT count(*) FROM json_each(safeconc_stats(), '$.databases') WHERE "
+        "json_extract(value, '$.path') = '" +
+        path + "'");
+  };
+  {
+    sctest::Db a("file:" + real);
+    sctest::Db b("file:" + link);
+    // One entry, two handles: the link was resolved to the same inode.
+    EXPECT_EQ(a.Int("SELECT json_extract(safeconc_stats(), '$.process.databases_open')"), 1);
+    EXPECT_EQ(b.Text("SELECT json_extract(s, '$.handles') FROM (SELECT '" +
+                     b.Text("PRAGMA safeconc_stats") + "' AS s)"),
+              "2");
+    a.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('a')");
+    std::thread th([&] {
+      // Waits for a's turn (same coordinator), then commits.
+      EXPECT_EQ(b.Exec("INSERT INTO t VALUES('b')"), SQLITE_OK) << b.error();
+    });
+    // Poll a's view of the coordinator (b is busy on the other thread) until b waits in it.
+    sctest::Db eval(":memory:");
+    for (;;) {
+      const std::string st = a.Text("PRAGMA safeconc_stats");
+      if (std::stoll("0" + Json(eval, st, "$.coordinator.queue_depth")) +
+              std::stoll("0" + Json(eval, st, "$.coordinator.in_lock_waits")) >
+          0) {
+        break;
+      }
+      std::this_thread::yield();
+    }
+    a.Must("COMMIT");
+    th.join();
+    EXPECT_EQ(a.Int("SELECT count(*) FROM t"), 2);
+  }
+  sctest::Db other(":memory:");
+  EXPECT_EQ(db_count(other, real), 0) << "the coordinator outlived its last handle";
+}
+
+// A writer in another process (plain SQLite, no extension) is waited for by bounded polling,
+// not failed at once, and the write succeeds once it commits. Would catch the coordinator
+// treating a base refusal as final.
+TEST_P(CoordinatorBehaviour, OtherProcessWriterIsWaitedFor) {
+  int to_parent[2], to_child[2];
+  ASSERT_EQ(pipe(to_parent), 0);
+  ASSERT_EQ(pipe(to_child), 0);
+  const std::string plain = uri_ + "?vfs=unix";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The child: take the write lock through the plain unix VFS, say so, hold it until told.
+    sqlite3* db = nullptr;
+    sqlite3_open_v2(plain.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr);
+    // As any application would: its rollback-mode COMMIT needs EXCLUSIVE, so it must wait for
+    // the parent's SHARED lock, which the parent's polling retries take now and then.
+    sqlite3_busy_timeout(db, 5000);
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t VALUES('child')", nullptr, nullptr,
+                          nullptr);
+    char c = rc == SQLITE_OK ? 'L' : 'E';
+    if (write(to_parent[1], &c, 1) != 1) _exit(3);
+    if (read(to_child[0], &c, 1) != 1) _exit(4);
+    rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    _exit(rc == SQLITE_OK ? 0 : 5);
+  }
+  char c = 0;
+  ASSERT_EQ(read(to_parent[0], &c, 1), 1);
+  ASSERT_EQ(c, 'L');
+  std::thread release([&] {
+    // Let the parent's writer be refused and poll a while, then let the child commit.
+    sctest::Db watch(uri_);
+    while (std::stoll("0" + Json(watch, watch.Text("PRAGMA safeconc_stats"),
+                                 "$.coordinator.cross_process_busy")) == 0 &&
+           std::stoll("0" + Json(watch, watch.Text("PRAGMA safeconc_stats"),
+                                 "$.coordinator.in_lock_waits")) == 0) {
+      std::this_thread::yield();
+    }
+    char go = 'C';
+    EXPECT_EQ(write(to_child[1], &go, 1), 1);
+  });
+  sctest::Db db(uri_ + "?safeconc_timeout=20000");
+  EXPECT_EQ(db.Exec("INSERT INTO t VALUES('parent')"), SQLITE_OK) << db.error();
+  release.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(db.Int("SELECT count(*) FROM t"), 2);
+  EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
+  close(to_parent[0]), close(to_parent[1]), close(to_child[0]), close(to_child[1]);
 }
 
 }  // namespace
