@@ -4,7 +4,7 @@
 set -euo pipefail
 build=${1:-build}
 ran=0
-for b in "$build"/bench_*; do
+for b in "$build"/bench/bench_*; do
   [ -x "$b" ] || continue
   echo "=== $(basename "$b")"
   "$b"

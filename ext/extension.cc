@@ -14,6 +14,7 @@ SQLITE_EXTENSION_INIT1
 #include <string>
 
 #include "ext/internal.h"
+#include "vfs/locking.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
@@ -22,8 +23,14 @@ int ConnectionInit(sqlite3* db, char** err, const sqlite3_api_routines* /*api*/)
   int rc = RegisterSqlFunctions(db);
   if (rc != SQLITE_OK && err != nullptr) {
     *err = sqlite3_mprintf("safeconc: could not register SQL functions: %s", sqlite3_errstr(rc));
+    return rc;
   }
-  return rc;
+  // Busy handling is enforced on every connection that goes through safeconc: one that never
+  // sets a handler still waits (up to safeconc_timeout), woken on release. A binding that
+  // sets its own timeout later replaces this handler and keeps its timeout; one that clears
+  // it gets this handler back at its first refused lock (see vfs/busy.cc).
+  if (ShimFileOf(db) != nullptr) sqlite3_busy_handler(db, BusyHandler, db);
+  return SQLITE_OK;
 }
 
 namespace {

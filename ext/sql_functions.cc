@@ -2,6 +2,7 @@
 //   safeconc_version()              -> '0.1.0' (from the VERSION file)
 //   safeconc_stats()                -> JSON: the VFS, process-wide and per-database counters
 //   safeconc_config(name[, value])  -> reads / sets the process-wide default of a knob
+//   safeconc_last_busy()            -> JSON: why this connection's last lock request failed
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
@@ -11,6 +12,7 @@ SQLITE_EXTENSION_INIT3
 #include "safeconc_version.h"
 #include "vfs/json.h"
 #include "vfs/knobs.h"
+#include "vfs/locking.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
@@ -63,6 +65,20 @@ void ConfigFunc(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   }
 }
 
+void LastBusyFunc(sqlite3_context* ctx, int, sqlite3_value**) {
+  try {
+    ShimFile* p = ShimFileOf(sqlite3_context_db_handle(ctx));
+    const std::string s = p ? LastBusyJson(p) : std::string();
+    if (s.empty()) {
+      sqlite3_result_null(ctx);  // no failure yet, or the database is not under safeconc
+    } else {
+      ResultString(ctx, s);
+    }
+  } catch (...) {
+    sqlite3_result_error_nomem(ctx);
+  }
+}
+
 struct FuncDef {
   const char* name;
   int nargs;
@@ -77,6 +93,7 @@ const FuncDef kFuncs[] = {
     {"safeconc_stats", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, StatsFunc},
     {"safeconc_config", 1, SQLITE_UTF8 | SQLITE_DIRECTONLY, ConfigFunc},
     {"safeconc_config", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, ConfigFunc},
+    {"safeconc_last_busy", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, LastBusyFunc},
 };
 
 }  // namespace

@@ -1,3 +1,5 @@
 #!/usr/bin/env bash
-# The main job: arrives with the coordinator (see README).
-echo "make demo: coming with the coordinator (issue 3). 'make test' passes today."
+# make demo: runs sql/demo.py with Debian's python3 (pyenv's cannot load extensions).
+set -euo pipefail
+build=${1:-build}
+exec /usr/bin/python3 "$(dirname "$0")/demo.py" "$build/libsafeconc.so"

@@ -68,6 +68,8 @@ void Registry::WriteEntryLocked(JsonWriter& w, const DbEntry& e) {
       .Field("handles", static_cast<int64_t>(e.handles_.size()))
       .Key("lock_calls");
   t.WriteJson(w);
+  w.Key("coordinator");
+  e.coordinator()->WriteJson(w);  // lock order: Registry::mu_ before Coordinator::mu_
   w.EndObject();
 }
 

@@ -14,10 +14,12 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "vfs/coordinator.h"
 #include "vfs/json.h"
 #include "vfs/sync.h"
 
@@ -56,16 +58,19 @@ class Registry;
 
 class DbEntry {
  public:
-  DbEntry(FileId id, std::string path) : id_(id), path_(std::move(path)) {}
+  DbEntry(FileId id, std::string path)
+      : id_(id), path_(std::move(path)), coord_(std::make_shared<Coordinator>()) {}
 
   // Constant after construction.
   const FileId& id() const { return id_; }
   const std::string& path() const { return path_; }  // the path of the first open
+  const std::shared_ptr<Coordinator>& coordinator() const { return coord_; }
 
  private:
   friend class Registry;
   const FileId id_;
   const std::string path_;
+  const std::shared_ptr<Coordinator> coord_;
   // Guarded by Registry::mu_ (an annotation cannot name another object's member here).
   std::vector<const LockCounters*> handles_;  // live handles' counters
   LockTotals retired_;                        // counters of closed handles

@@ -14,8 +14,10 @@
 
 #include <sqlite3.h>
 
+#include <memory>
 #include <string>
 
+#include "vfs/coordinator.h"
 #include "vfs/knobs.h"
 #include "vfs/registry.h"
 
@@ -34,11 +36,30 @@ struct ShimFile {
   DbEntry* entry;         // the registry entry for this file's inode
   const char* path;       // the name SQLite opened (owned by SQLite, valid until xClose)
   // Written by the connection's thread, read by diagnostics anywhere (atomics inside).
-  KnobSet knobs;          // this connection's knob values
-  LockCounters counters;  // this handle's lock calls
-  // Owned by the connection's thread.
+  KnobSet knobs;                   // this connection's knob values
+  LockCounters counters;           // this handle's lock calls
+  std::shared_ptr<Ticket> ticket;  // place in the coordinator's line (shared with busy records)
+  uint64_t handle_id = 0;          // process-unique, for diagnostics
+  // Owned by the connection's thread (SQLite calls one method of a file at a time).
   int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
   void* busy_arg = nullptr;
+  sqlite3* db = nullptr;         // the connection (SQLITE_FCNTL_PDB), null if never told
+  int level = SQLITE_LOCK_NONE;  // the base lock level this handle holds
+  bool wal = false;              // the WAL-index is mapped: transactions are read marks
+  int read_marks = 0;            // WAL read-mark (READ_i shared) locks held
+  unsigned turn_reasons = 0;     // TurnReason bits; non-zero iff this handle holds the turn
+  bool pre_read_turn = false;    // the turn was taken before a WAL read start (xShmBarrier)
+  bool ckpt_held = false;        // WAL CKPT lock held: a checkpoint, not a read start
+  enum class Handler { kUnknown, kOurs, kBinding };
+  Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
+  // The current refused request, until it is granted or fails.
+  struct Pending {
+    bool active = false;
+    const char* lock = "";       // what was asked for ("RESERVED", "WAL WRITE", ...)
+    Clock::time_point arrived;   // first refusal
+    Clock::time_point deadline;  // arrived + safeconc_timeout
+  } pending;
+  std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
 };
 
 static_assert(alignof(ShimFile) <= 8, "SQLite aligns sqlite3_file memory to 8 bytes only");

@@ -11,6 +11,7 @@ SQLITE_EXTENSION_INIT3
 
 #include <new>
 
+#include "vfs/locking.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
@@ -49,14 +50,17 @@ int ShimDeviceCharacteristics(sqlite3_file* f) {
   return o->pMethods->xDeviceCharacteristics(o);
 }
 int ShimShmMap(sqlite3_file* f, int pg, int pgsz, int extend, void volatile** pp) {
+  Shim(f)->wal = true;  // lock periods are read marks from now on
   sqlite3_file* o = Orig(f);
   return o->pMethods->xShmMap(o, pg, pgsz, extend, pp);
 }
 void ShimShmBarrier(sqlite3_file* f) {
+  LockPathShmBarrier(Shim(f));  // may wait for the write turn before a WAL read start
   sqlite3_file* o = Orig(f);
   o->pMethods->xShmBarrier(o);
 }
 int ShimShmUnmap(sqlite3_file* f, int delete_flag) {
+  Shim(f)->wal = false;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xShmUnmap(o, delete_flag);
 }
@@ -69,18 +73,16 @@ int ShimUnfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
   return o->pMethods->xUnfetch(o, off, p);
 }
 
-// ---- Lock methods: counted, then forwarded ------------------------------------------
+// ---- Lock methods: counted, then through the coordinator to the base -----------------------
 int ShimLock(sqlite3_file* f, int level) {
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kLock);
-  sqlite3_file* o = OrigFile(p);
-  return o->pMethods->xLock(o, level);
+  return LockPathLock(p, level);
 }
 int ShimUnlock(sqlite3_file* f, int level) {
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kUnlock);
-  sqlite3_file* o = OrigFile(p);
-  return o->pMethods->xUnlock(o, level);
+  return LockPathUnlock(p, level);
 }
 int ShimCheckReservedLock(sqlite3_file* f, int* out) {
   ShimFile* p = Shim(f);
@@ -91,15 +93,16 @@ int ShimCheckReservedLock(sqlite3_file* f, int* out) {
 int ShimShmLock(sqlite3_file* f, int offset, int n, int flags) {
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kShmLock);
-  sqlite3_file* o = OrigFile(p);
-  return o->pMethods->xShmLock(o, offset, n, flags);
+  return LockPathShmLock(p, offset, n, flags);
 }
 
 // ---- Close --------------------------------------------------------------------------
 int ShimClose(sqlite3_file* f) {
   ShimFile* p = Shim(f);
   sqlite3_file* o = OrigFile(p);
-  // Unregister first: once Release returns no diagnostics thread can reach p's counters.
+  // Leave the coordinator and unregister first: once Release returns no other thread can
+  // reach p's counters, and no queue holds its ticket.
+  LockPathClose(p);
   Registry::Get().Release(p->entry, &p->counters);
   int rc = o->pMethods ? o->pMethods->xClose(o) : SQLITE_OK;
   p->~ShimFile();
@@ -147,6 +150,11 @@ int ShimFileControl(sqlite3_file* f, int op, void* arg) {
       if (rc != SQLITE_NOTFOUND) return rc;
       break;
     }
+    case SQLITE_FCNTL_PDB:
+      // SQLite tells the file which connection owns it (at open and when shared-cache moves
+      // it): the lock path asks that connection whether a transaction is open.
+      p->db = *static_cast<sqlite3**>(arg);
+      break;
     case SQLITE_FCNTL_BUSYHANDLER: {
       // SQLite hands every VFS its wrapper around the connection's busy handler; keep it so
       // the lock path can run the handler. Still forwarded below.

@@ -13,12 +13,17 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include <atomic>
 #include <new>
 
+#include "vfs/locking.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
 namespace {
+
+// Handle ids for diagnostics. Relaxed: only uniqueness matters.
+std::atomic<uint64_t> g_next_handle{0};
 
 sqlite3_vfs* BaseVfs(sqlite3_vfs* v) { return static_cast<sqlite3_vfs*>(v->pAppData); }
 
@@ -71,7 +76,10 @@ int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags
   }
   try {
     p->entry = Registry::Get().Acquire(name, &p->counters);
+    p->handle_id = g_next_handle.fetch_add(1, std::memory_order_relaxed) + 1;
+    p->ticket = std::make_shared<Ticket>(p->entry->coordinator(), p->handle_id);
   } catch (...) {
+    if (p->entry != nullptr) Registry::Get().Release(p->entry, &p->counters);
     o->pMethods->xClose(o);
     p->~ShimFile();
     f->pMethods = nullptr;
@@ -100,7 +108,9 @@ void ShimDlClose(sqlite3_vfs* v, void* h) { BaseVfs(v)->xDlClose(BaseVfs(v), h);
 int ShimRandomness(sqlite3_vfs* v, int n, char* out) {
   return BaseVfs(v)->xRandomness(BaseVfs(v), n, out);
 }
-int ShimSleep(sqlite3_vfs* v, int micros) { return BaseVfs(v)->xSleep(BaseVfs(v), micros); }
+// SQLite's default busy handler sleeps here: after a refusal it waits for that request's
+// turn instead (locking.h).
+int ShimSleep(sqlite3_vfs* v, int micros) { return SleepHook(BaseVfs(v), micros); }
 int ShimCurrentTime(sqlite3_vfs* v, double* out) {
   return BaseVfs(v)->xCurrentTime(BaseVfs(v), out);
 }

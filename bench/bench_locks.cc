@@ -1,0 +1,254 @@
+// bench_locks.cc - write contention: stock SQLite vs an application mutex vs libsafeconc,
+// measured side by side in one run, plus the single-connection overhead of the shim.
+//
+// Each cell: T threads, one connection each, for a fixed wall time each thread runs
+// BEGIN IMMEDIATE; INSERT; <work>; COMMIT. Every peer sets sqlite3_busy_timeout(5000) after
+// open, as Python and better-sqlite3 do. synchronous=OFF, so the table shows coordination,
+// not the disk (the shim never changes durability settings; the benchmark chooses this).
+//   stock        file:...?vfs=unix
+//   app mutex    the same, with one std::mutex per database held around each transaction
+//   libsafeconc  the default VFS after loading (safeconc); its busy timeout sleeps through the
+//                shim's xSleep, which wakes on release
+// Printed: transactions/s, latency p50/p99/max (ms), failures, and for libsafeconc the
+// coordinator's release-to-grant latency; ratios are against stock and the mutex, same run.
+//
+// Usage: bench_locks [--stats] [seconds-per-cell]   (default 1.0)
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum class Peer { kStock, kMutex, kSafeconc };
+const char* PeerName(Peer p) {
+  return p == Peer::kStock ? "stock" : p == Peer::kMutex ? "app mutex" : "libsafeconc";
+}
+
+struct Result {
+  double tps = 0;
+  double p50_ms = 0, p99_ms = 0, max_ms = 0;
+  long failures = 0;
+  long r2g_p50_us = -1, r2g_p99_us = -1;
+};
+
+std::string g_dir;
+bool g_print_stats = false;  // --stats: print the coordinator's JSON after each libsafeconc cell
+
+void Spin(int us) {
+  const Clock::time_point until = Clock::now() + std::chrono::microseconds(us);
+  while (Clock::now() < until) {
+  }
+}
+
+long JsonInt(const std::string& json, const std::string& path) {
+  sqlite3* db = nullptr;
+  sqlite3_open(":memory:", &db);
+  sqlite3_stmt* st = nullptr;
+  const std::string sql = "SELECT json_extract(?1, ?2)";
+  long v = -1;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, json.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, path.c_str(), -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+      v = static_cast<long>(sqlite3_column_int64(st, 0));
+    }
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+Result RunCell(Peer peer, const char* journal, int threads, int work_us, double seconds) {
+  static int serial = 0;
+  const std::string path = g_dir + "/cell" + std::to_string(++serial) + ".db";
+  const std::string uri = "file:" + path + (peer == Peer::kSafeconc ? "" : "?vfs=unix");
+  sqlite3* main = nullptr;
+  sqlite3_open_v2(uri.c_str(), &main, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+                  nullptr);
+  sqlite3_exec(main, (std::string("PRAGMA journal_mode=") + journal).c_str(), nullptr, nullptr,
+               nullptr);
+  sqlite3_exec(main, "PRAGMA synchronous=OFF; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+               nullptr, nullptr, nullptr);
+
+  std::mutex app_mutex;
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::atomic<long> failures{0};
+  std::vector<std::vector<double>> lat(threads);
+  Clock::time_point start, stop;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      sqlite3* db = nullptr;
+      sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr);
+      sqlite3_busy_timeout(db, 5000);
+      sqlite3_exec(db, "PRAGMA synchronous=OFF", nullptr, nullptr, nullptr);
+      ready.fetch_add(1);
+      while (!go.load()) std::this_thread::yield();
+      while (Clock::now() < stop) {
+        const Clock::time_point t0 = Clock::now();
+        std::unique_lock<std::mutex> l(app_mutex, std::defer_lock);
+        if (peer == Peer::kMutex) l.lock();
+        bool ok = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES(randomblob(64))",
+                               nullptr, nullptr, nullptr) == SQLITE_OK;
+        if (ok && work_us > 0) Spin(work_us);
+        ok = ok && sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK;
+        if (!ok) {
+          sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+          failures.fetch_add(1);
+        }
+        if (l.owns_lock()) l.unlock();
+        lat[t].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      }
+      sqlite3_close(db);
+    });
+  }
+  while (ready.load() < threads) std::this_thread::yield();
+  start = Clock::now();
+  stop = start + std::chrono::microseconds(static_cast<long>(seconds * 1e6));
+  go.store(true);
+  for (auto& th : pool) th.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+
+  std::vector<double> all;
+  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  std::sort(all.begin(), all.end());
+  Result r;
+  const long done = static_cast<long>(all.size());
+  r.failures = failures.load();
+  r.tps = static_cast<double>(done - r.failures) / wall;
+  if (!all.empty()) {
+    r.p50_ms = all[all.size() / 2];
+    r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+    r.max_ms = all.back();
+  }
+  if (peer == Peer::kSafeconc) {
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(main, "PRAGMA safeconc_stats", -1, &st, nullptr);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+      const std::string json = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+      r.r2g_p50_us = JsonInt(json, "$.coordinator.release_to_grant_us.p50_us");
+      r.r2g_p99_us = JsonInt(json, "$.coordinator.release_to_grant_us.p99_us");
+      if (g_print_stats) std::printf("    stats: %s\n", json.c_str());
+    }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(main);
+  return r;
+}
+
+// Single connection, no contention: ns per statement through unix and through safeconc.
+double NsPerOp(bool safeconc, bool write, int n) {
+  static int serial = 0;
+  const std::string path = g_dir + "/single" + std::to_string(++serial) + ".db";
+  const std::string uri = "file:" + path + (safeconc ? "" : "?vfs=unix");
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+                  nullptr);
+  sqlite3_exec(db,
+               "PRAGMA journal_mode=wal; PRAGMA synchronous=OFF;"
+               "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES(1, 1)",
+               nullptr, nullptr, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db,
+                     write ? "UPDATE t SET v = v + 1 WHERE id = 1" : "SELECT v FROM t WHERE id = 1",
+                     -1, &st, nullptr);
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    while (sqlite3_step(st) == SQLITE_ROW) {
+    }
+    sqlite3_reset(st);
+  }
+  const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / n;
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return ns;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  double seconds = 1.0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--stats") {
+      g_print_stats = true;
+    } else {
+      seconds = std::atof(argv[i]);
+    }
+  }
+  char tmpl[] = "/tmp/safeconc-bench-XXXXXX";
+  g_dir = mkdtemp(tmpl);
+  {
+    sqlite3* db = nullptr;
+    sqlite3_open(":memory:", &db);
+    sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1, nullptr);
+    char* err = nullptr;
+    if (sqlite3_load_extension(db, SAFECONC_SO_PATH, nullptr, &err) != SQLITE_OK) {
+      std::fprintf(stderr, "cannot load %s: %s\n", SAFECONC_SO_PATH, err ? err : "?");
+      return 1;
+    }
+    sqlite3_close(db);
+  }
+
+  std::printf("Single connection, no contention (WAL, synchronous=OFF; best of 5 runs)\n");
+  std::printf("  %-28s %10s %12s %7s\n", "statement", "unix ns", "safeconc ns", "ratio");
+  for (bool write : {false, true}) {
+    const int n = write ? 20000 : 100000;
+    double best_unix = 1e18, best_safe = 1e18;
+    for (int rep = 0; rep < 5; ++rep) {
+      best_unix = std::min(best_unix, NsPerOp(false, write, n));
+      best_safe = std::min(best_safe, NsPerOp(true, write, n));
+    }
+    std::printf("  %-28s %10.0f %12.0f %6.3fx\n",
+                write ? "UPDATE one row (autocommit)" : "SELECT one row by rowid", best_unix,
+                best_safe, best_safe / best_unix);
+  }
+
+  std::printf(
+      "\nWrite contention: BEGIN IMMEDIATE; INSERT; <work>; COMMIT, %.1f s per cell,\n"
+      "busy_timeout(5000) everywhere, synchronous=OFF\n",
+      seconds);
+  const Peer peers[] = {Peer::kStock, Peer::kMutex, Peer::kSafeconc};
+  const char* only_journal = std::getenv("BENCH_JOURNAL");  // e.g. BENCH_JOURNAL=wal
+  for (const char* journal : {"wal", "delete"}) {
+    if (only_journal && std::string(only_journal) != journal) continue;
+    for (int work_us : {0, 200}) {
+      std::printf("\n%s journal, work in transaction %d us\n",
+                  std::string(journal) == "wal" ? "WAL" : "rollback", work_us);
+      std::printf("  %7s %-12s %9s %8s %8s %9s %8s %12s %9s %9s\n", "threads", "peer", "tx/s",
+                  "p50 ms", "p99 ms", "max ms", "failed", "r2g p50/p99", "vs stock", "vs mutex");
+      for (int threads : {4, 16, 64}) {
+        Result res[3];
+        for (int i = 0; i < 3; ++i) res[i] = RunCell(peers[i], journal, threads, work_us, seconds);
+        for (int i = 0; i < 3; ++i) {
+          char r2g[32] = "-";
+          if (res[i].r2g_p50_us >= 0) {
+            std::snprintf(r2g, sizeof r2g, "%ld/%ld us", res[i].r2g_p50_us, res[i].r2g_p99_us);
+          }
+          char vs_stock[16] = "", vs_mutex[16] = "";
+          if (peers[i] == Peer::kSafeconc) {
+            std::snprintf(vs_stock, sizeof vs_stock, "%.2fx",
+                          res[i].tps / std::max(1.0, res[0].tps));
+            std::snprintf(vs_mutex, sizeof vs_mutex, "%.2fx",
+                          res[i].tps / std::max(1.0, res[1].tps));
+          }
+          std::printf("  %7d %-12s %9.0f %8.2f %8.2f %9.1f %8ld %12s %9s %9s\n", threads,
+                      PeerName(peers[i]), res[i].tps, res[i].p50_ms, res[i].p99_ms, res[i].max_ms,
+                      res[i].failures, r2g, vs_stock, vs_mutex);
+        }
+      }
+    }
+  }
+  std::string rm = "rm -rf " + g_dir;
+  return std::system(rm.c_str()) == 0 ? 0 : 0;
+}

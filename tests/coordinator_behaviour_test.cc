@@ -1,0 +1,350 @@
+// coordinator_behaviour_test.cc - the coordinator's promises one at a time, through the real
+// library: SQLite's deadlock-avoiding fast failures are kept, safeconc_timeout is honoured,
+// safeconc_last_busy() explains a failure, a same-thread deadlock fails at once, checkpoints
+// keep working under load.
+//
+// Timing: only generous upper bounds, each commented; "at once" means well under the
+// configured timeout, so a busy machine cannot make them flake.
+#include <sqlite3.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/test_util.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t MsSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+// A one-shot latch (tests synchronise on these, never on sleeps).
+class Latch {
+ public:
+  void Open() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// A connection on its own thread that takes the write lock (BEGIN IMMEDIATE + a write) and
+// keeps it until told to commit.
+class Writer {
+ public:
+  explicit Writer(const std::string& uri) {
+    th_ = std::thread([this, uri] {
+      sctest::Db db(uri);
+      db.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('writer')");
+      holding_.Open();
+      release_.Wait();
+      db.Must("COMMIT");
+    });
+    holding_.Wait();
+  }
+  ~Writer() {
+    release_.Open();
+    th_.join();
+  }
+
+ private:
+  Latch holding_, release_;
+  std::thread th_;
+};
+
+std::string Json(sctest::Db& db, const std::string& json, const std::string& path) {
+  return db.Text("SELECT json_extract('" + json + "', '" + path + "')");
+}
+
+class CoordinatorBehaviour : public testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    sctest::LoadExtension();
+    uri_ = "file:" + dir_.File("b.db");
+    sctest::Db db(uri_);
+    db.Must(std::string("PRAGMA journal_mode=") + GetParam());
+    db.Must("CREATE TABLE t(x)");
+  }
+  sctest::TempDir dir_;
+  std::string uri_;
+};
+
+// A deferred transaction that read and then tries to write while another connection writes
+// gets SQLITE_BUSY at once, not after safeconc_timeout: waiting could only deadlock (rollback)
+// or fail on a stale snapshot (WAL). Would catch a coordinator that waits at SHARED->RESERVED.
+TEST_P(CoordinatorBehaviour, ReadThenWriteUpgradeFailsFastDespiteTimeout) {
+  Writer writer(uri_);
+  sctest::Db db(uri_ + "?safeconc_timeout=5000");
+  db.Must("BEGIN; SELECT count(*) FROM t");
+  const Clock::time_point start = Clock::now();
+  const int rc = db.Exec("INSERT INTO t VALUES('reader')");
+  const int64_t ms = MsSince(start);
+  EXPECT_EQ(rc & 0xff, SQLITE_BUSY) << db.error();
+  // "At once": a tenth of the 5000 ms timeout leaves room for a loaded machine.
+  EXPECT_LT(ms, 500) << "the upgrade waited instead of failing fast";
+  db.Exec("ROLLBACK");
+  const std::string why = db.Text("SELECT safeconc_last_busy()");
+  EXPECT_EQ(Json(db, why, "$.result"), "fast_fail") << why;
+  const std::string stats = db.Text("PRAGMA safeconc_stats");
+  EXPECT_GE(std::stoi(Json(db, stats, "$.coordinator.fast_failed_upgrades")), 1) << stats;
+}
+
+// A writer that holds the write turn longer than safeconc_timeout makes another writer fail
+// with SQLITE_BUSY after about the timeout, and safeconc_last_busy() names the holder.
+// Would catch an ignored timeout (hang) or one that is not waited at all.
+TEST_P(CoordinatorBehaviour, TimeoutHonouredAndLastBusyNamesHolder) {
+  Writer writer(uri_);
+  sctest::Db db(uri_ + "?safeconc_timeout=300");
+  const Clock::time_point start = Clock::now();
+  const int rc = db.Exec("INSERT INTO t VALUES('late')");
+  const int64_t ms = MsSince(start);
+  EXPECT_EQ(rc & 0xff, SQLITE_BUSY) << db.error();
+  EXPECT_GE(ms, 290) << "gave up before safeconc_timeout";
+  // Upper bound: ten times the timeout, for a loaded 2-core machine.
+  EXPECT_LT(ms, 3000) << "waited far beyond safeconc_timeout";
+  const std::string why = db.Text("SELECT safeconc_last_busy()");
+  EXPECT_EQ(Json(db, why, "$.result"), "timeout") << why;
+  EXPECT_NE(Json(db, why, "$.holder.handle"), "") << why;
+  EXPECT_NE(Json(db, why, "$.holder.thread"), "") << why;
+  EXPECT_GE(std::stoll(Json(db, why, "$.holder.held_ms")), 250) << why;
+}
+
+// A connection that never set a busy handler still waits for a short writer instead of
+// failing at once (busy handling is enforced), and so does one whose handler was cleared
+// after open (node:sqlite's default). Would catch "database is locked" at the first conflict.
+TEST_P(CoordinatorBehaviour, EnforcedBusyHandlingWaitsForShortWriter) {
+  for (bool cleared : {false, true}) {
+    std::atomic<bool> committed{false};
+    Latch holding;
+    std::thread th([&] {
+      sctest::Db w(uri_);
+      w.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('w')");
+      holding.Open();
+      // Hold the lock until the other connection is provably waiting for it.
+      sctest::Db probe(uri_);
+      while (std::stoll("0" + Json(probe, probe.Text("PRAGMA safeconc_stats"),
+                                   "$.coordinator.queue_depth")) == 0 &&
+             std::stoll("0" + Json(probe, probe.Text("PRAGMA safeconc_stats"),
+                                   "$.coordinator.in_lock_waits")) == 0) {
+        std::this_thread::yield();
+      }
+      committed = true;
+      w.Must("COMMIT");
+    });
+    holding.Wait();
+    sctest::Db db(uri_);
+    if (cleared) sqlite3_busy_timeout(db.get(), 0);
+    EXPECT_EQ(db.Exec("INSERT INTO t VALUES('waiter')"), SQLITE_OK) << db.error();
+    EXPECT_TRUE(committed.load());
+    th.join();
+  }
+}
+
+// A thread that already holds the write turn through one connection and asks for it through
+// another (safeconc_txn=immediate) fails at once with a message saying so, instead of
+// waiting for itself until the timeout.
+TEST_P(CoordinatorBehaviour, SameThreadDeadlockFailsAtOnce) {
+  sctest::Db a(uri_);
+  a.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('a')");
+  sctest::Db b(uri_ + "?safeconc_timeout=5000&safeconc_txn=immediate");
+  const Clock::time_point start = Clock::now();
+  int rc = b.Exec("BEGIN; SELECT count(*) FROM t");
+  if (rc == SQLITE_OK) rc = b.Exec("INSERT INTO t VALUES('b')");  // WAL: the read goes on
+  const int64_t ms = MsSince(start);
+  EXPECT_EQ(rc & 0xff, SQLITE_BUSY) << b.error();
+  EXPECT_LT(ms, 500) << "waited for its own thread";  // a tenth of the timeout
+  b.Exec("ROLLBACK");
+  const std::string why = b.Text("SELECT safeconc_last_busy()");
+  EXPECT_EQ(Json(b, why, "$.result"), "self_deadlock") << why;
+  EXPECT_NE(Json(b, why, "$.message").find("this thread"), std::string::npos) << why;
+  a.Must("COMMIT");
+}
+
+INSTANTIATE_TEST_SUITE_P(JournalModes, CoordinatorBehaviour, testing::Values("delete", "wal"));
+
+// Checkpoints of every mode keep working while writers run through the coordinator, and the
+// last connection's close still checkpoints and removes the WAL. Would catch a checkpoint
+// stuck behind the write-turn queue (FULL/RESTART/TRUNCATE take WAL WRITE outside a write
+// transaction) or a close that cannot take its EXCLUSIVE lock.
+TEST(CoordinatorCheckpoint, AllModesWorkUnderLoadAndCloseRemovesWal) {
+  sctest::LoadExtension();
+  sctest::TempDir dir;
+  const std::string uri = "file:" + dir.File("c.db");
+  {
+    sctest::Db db(uri);
+    db.Must("PRAGMA journal_mode=wal; CREATE TABLE t(x)");
+  }
+  std::atomic<int> errors{0}, inserted{0};
+  std::mutex err_mu;
+  std::string first_error;
+  auto fail = [&](const std::string& what) {
+    std::lock_guard<std::mutex> l(err_mu);
+    if (errors++ == 0) first_error = what;
+  };
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int i = 0; i < 4; ++i) {
+    writers.emplace_back([&] {
+      sctest::Db db(uri);
+      for (int n = 0; n < 300; ++n) {
+        if (db.Exec("INSERT INTO t VALUES(randomblob(100))") == SQLITE_OK) {
+          ++inserted;
+        } else {
+          fail("insert: " + db.error());
+        }
+      }
+    });
+  }
+  std::thread checkpointer([&] {
+    sctest::Db db(uri);
+    const char* modes[] = {"PASSIVE", "FULL", "RESTART", "TRUNCATE"};
+    for (int round = 0; !stop.load(); ++round) {
+      const std::string sql = std::string("PRAGMA wal_checkpoint(") + modes[round % 4] + ")";
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db.get(), sql.c_str(), -1, &st, nullptr) != SQLITE_OK) {
+        fail(sql + ": " + db.error());
+        continue;
+      }
+      const int rc = sqlite3_step(st);
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(sql + ": " + db.error());
+      sqlite3_finalize(st);
+    }
+  });
+  for (auto& w : writers) w.join();
+  stop = true;
+  checkpointer.join();
+  EXPECT_EQ(errors.load(), 0) << first_error;
+  {
+    sctest::Db db(uri);
+    EXPECT_EQ(db.Int("SELECT count(*) FROM t"), inserted.load());
+    EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
+  }
+  // The last close checkpointed and deleted the WAL.
+  EXPECT_NE(access(dir.File("c.db-wal").c_str(), F_OK), 0);
+}
+
+}  // namespace
+
+namespace {
+
+// The same file reached through a path and through a symlink shares one coordinator (keyed by
+// device and inode): a writer through one name makes a writer through the other wait its
+// turn; the coordinator is freed with the last handle. Would catch coordinators keyed by path.
+TEST(CoordinatorIdentity, SymlinkSharesOneCoordinatorFreedWithLastHandle) {
+  sctest::LoadExtension();
+  sctest::TempDir dir;
+  const std::string real = dir.File("real.db"), link = dir.File("link.db");
+  {
+    sctest::Db db("file:" + real);
+    db.Must("CREATE TABLE t(x)");
+  }
+  ASSERT_EQ(symlink(real.c_str(), link.c_str()), 0);
+  auto db_count = [](sctest::Db& db, const std::string& path) {
+    return db.Int(
+        "SELECT count(*) FROM json_each(safeconc_stats(), '$.databases') WHERE "
+        "json_extract(value, '$.path') = '" +
+        path + "'");
+  };
+  {
+    sctest::Db a("file:" + real);
+    sctest::Db b("file:" + link);
+    // One entry, two handles: the link was resolved to the same inode.
+    EXPECT_EQ(a.Int("SELECT json_extract(safeconc_stats(), '$.process.databases_open')"), 1);
+    EXPECT_EQ(b.Text("SELECT json_extract(s, '$.handles') FROM (SELECT '" +
+                     b.Text("PRAGMA safeconc_stats") + "' AS s)"),
+              "2");
+    a.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('a')");
+    std::thread th([&] {
+      // Waits for a's turn (same coordinator), then commits.
+      EXPECT_EQ(b.Exec("INSERT INTO t VALUES('b')"), SQLITE_OK) << b.error();
+    });
+    // Poll a's view of the coordinator (b is busy on the other thread) until b waits in it.
+    sctest::Db eval(":memory:");
+    for (;;) {
+      const std::string st = a.Text("PRAGMA safeconc_stats");
+      if (std::stoll("0" + Json(eval, st, "$.coordinator.queue_depth")) +
+              std::stoll("0" + Json(eval, st, "$.coordinator.in_lock_waits")) >
+          0) {
+        break;
+      }
+      std::this_thread::yield();
+    }
+    a.Must("COMMIT");
+    th.join();
+    EXPECT_EQ(a.Int("SELECT count(*) FROM t"), 2);
+  }
+  sctest::Db other(":memory:");
+  EXPECT_EQ(db_count(other, real), 0) << "the coordinator outlived its last handle";
+}
+
+// A writer in another process (plain SQLite, no extension) is waited for by bounded polling,
+// not failed at once, and the write succeeds once it commits. Would catch the coordinator
+// treating a base refusal as final.
+TEST_P(CoordinatorBehaviour, OtherProcessWriterIsWaitedFor) {
+  int to_parent[2], to_child[2];
+  ASSERT_EQ(pipe(to_parent), 0);
+  ASSERT_EQ(pipe(to_child), 0);
+  const std::string plain = uri_ + "?vfs=unix";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The child: take the write lock through the plain unix VFS, say so, hold it until told.
+    sqlite3* db = nullptr;
+    sqlite3_open_v2(plain.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr);
+    // As any application would: its rollback-mode COMMIT needs EXCLUSIVE, so it must wait for
+    // the parent's SHARED lock, which the parent's polling retries take now and then.
+    sqlite3_busy_timeout(db, 5000);
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t VALUES('child')", nullptr, nullptr,
+                          nullptr);
+    char c = rc == SQLITE_OK ? 'L' : 'E';
+    if (write(to_parent[1], &c, 1) != 1) _exit(3);
+    if (read(to_child[0], &c, 1) != 1) _exit(4);
+    rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    _exit(rc == SQLITE_OK ? 0 : 5);
+  }
+  char c = 0;
+  ASSERT_EQ(read(to_parent[0], &c, 1), 1);
+  ASSERT_EQ(c, 'L');
+  std::thread release([&] {
+    // Let the parent's writer be refused and poll a while, then let the child commit.
+    sctest::Db watch(uri_);
+    while (std::stoll("0" + Json(watch, watch.Text("PRAGMA safeconc_stats"),
+                                 "$.coordinator.cross_process_busy")) == 0 &&
+           std::stoll("0" + Json(watch, watch.Text("PRAGMA safeconc_stats"),
+                                 "$.coordinator.in_lock_waits")) == 0) {
+      std::this_thread::yield();
+    }
+    char go = 'C';
+    EXPECT_EQ(write(to_child[1], &go, 1), 1);
+  });
+  sctest::Db db(uri_ + "?safeconc_timeout=20000");
+  EXPECT_EQ(db.Exec("INSERT INTO t VALUES('parent')"), SQLITE_OK) << db.error();
+  release.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(db.Int("SELECT count(*) FROM t"), 2);
+  EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
+  close(to_parent[0]), close(to_parent[1]), close(to_child[0]), close(to_child[1]);
+}
+
+}  // namespace

@@ -1,0 +1,453 @@
+// lock_paths.cc - what each lock call of a main-database file does in front of the base
+// file: the coordinator's state machine.
+//
+//   rollback journal                      WAL
+//   xLock(SHARED)     lock period starts  xShmLock(READ_i, SHARED)  lock period starts
+//   xLock(RESERVED)   write turn          xShmLock(WRITE, EXCL)     write turn
+//   xLock(EXCLUSIVE)  commit (waits for readers here)
+//   xUnlock(SHARED)   write turn ends     xShmLock(WRITE, UNLOCK)   write turn ends
+//   xUnlock(NONE)     lock period ends    xShmLock(READ_i, UNLOCK)  lock period ends
+//
+// Every call still reaches the base file; the coordinator only decides whether to call it
+// now, wait first (at safe points), or refuse at once (SQLITE_BUSY, with the waiting done in
+// the busy handler after SQLite dropped its locks). See locking.h for the wait points.
+//
+// Thread safety: SQLite calls one method of a file at a time, so the ShimFile fields used
+// here are the calling thread's; the shared state is in the Coordinator, behind its mutex,
+// which is never held across a base call.
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT3
+
+#include <strings.h>
+#include <algorithm>
+#include <chrono>
+
+#include <cstring>
+#include <thread>
+
+#include "vfs/locking.h"
+#include "vfs/shim.h"
+
+namespace safeconc {
+namespace {
+
+constexpr int kWalWriteLock = 0;  // WAL_WRITE_LOCK
+constexpr int kWalCkptLock = 1;   // WAL_CKPT_LOCK
+constexpr int kWalReadLock0 = 3;  // WAL_READ_LOCK(0); READ_i = 3 + i, i < 5
+constexpr int kWalReadLocks = 5;
+
+Coordinator& Coord(ShimFile* p) { return *p->ticket->coord; }
+
+// Skips blanks and SQL comments.
+const char* SkipSpace(const char* z) {
+  for (;;) {
+    while (*z == ' ' || *z == '\t' || *z == '\n' || *z == '\r' || *z == '\f') ++z;
+    if (z[0] == '-' && z[1] == '-') {
+      while (*z && *z != '\n') ++z;
+    } else if (z[0] == '/' && z[1] == '*') {
+      const char* end = std::strstr(z + 2, "*/");
+      z = end ? end + 2 : z + std::strlen(z);
+    } else {
+      return z;
+    }
+  }
+}
+
+bool Keyword(const char** z, const char* word) {
+  const size_t n = std::strlen(word);
+  if (strncasecmp(*z, word, n) != 0) return false;
+  const char c = (*z)[n];
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_') {
+    return false;
+  }
+  *z = SkipSpace(*z + n);
+  return true;
+}
+
+// BEGIN IMMEDIATE / BEGIN EXCLUSIVE: sqlite3_stmt_readonly() calls every transaction-control
+// statement read-only, but these take the write lock right after the read lock.
+bool BeginsWriteTransaction(const char* sql) {
+  if (sql == nullptr) return false;
+  const char* z = SkipSpace(sql);
+  return Keyword(&z, "BEGIN") && (Keyword(&z, "IMMEDIATE") || Keyword(&z, "EXCLUSIVE"));
+}
+
+// Will the lock period that starts now write? True when a statement running on the
+// connection writes: then the write lock is asked for right after the read lock, and waiting
+// for the turn here (a safe point) spares the refusal, the dropped locks and the retry.
+// Read-then-write transactions are not affected: their write comes in a later statement.
+bool StatementWillWrite(sqlite3* db) {
+  for (sqlite3_stmt* s = sqlite3_next_stmt(db, nullptr); s != nullptr;
+       s = sqlite3_next_stmt(db, s)) {
+    if (!sqlite3_stmt_busy(s)) continue;
+    if (!sqlite3_stmt_readonly(s) || BeginsWriteTransaction(sqlite3_sql(s))) return true;
+  }
+  return false;
+}
+
+// Does this lock period take the write turn first?
+bool TxnWantsTurn(ShimFile* p) {
+  if (p->db == nullptr) return p->knobs.txn() == TxnMode::kSerial;
+  switch (p->knobs.txn()) {
+    case TxnMode::kSerial:
+      return true;
+    case TxnMode::kImmediate:
+      if (sqlite3_get_autocommit(p->db) == 0) return true;
+      break;
+    case TxnMode::kDeferred:
+      break;
+  }
+  // Only worth a look at the running statements when the turn is busy: otherwise the write
+  // lock request that follows gets the turn at once anyway.
+  return Coord(p).Contended() && StatementWillWrite(p->db);
+}
+
+// SQLite retries a refused write start through the busy handler only when no transaction
+// is open; with autocommit on, a write statement is its own transaction, so it will retry.
+bool WillRetry(ShimFile* p) { return p->db != nullptr && sqlite3_get_autocommit(p->db) != 0; }
+
+Clock::time_point Deadline(ShimFile* p) {
+  // A retry of a request already refused keeps its first deadline.
+  if (p->pending.active) return p->pending.deadline;
+  return Clock::now() + std::chrono::milliseconds(p->knobs.Get(Knob::kTimeout));
+}
+
+void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
+
+void DropReason(ShimFile* p, unsigned reason) {
+  if (reason & kReasonTxn) p->pre_read_turn = false;
+  if ((p->turn_reasons & reason) == 0) return;
+  p->turn_reasons &= ~reason;
+  if (p->turn_reasons == 0) Coord(p).ReleaseTurn(p->ticket.get());
+}
+
+// Takes the write turn at the start of a lock period (a safe point: no lock of this file is
+// held, or in WAL only the database's SHARED lock, which no writer waits for). Waits in FIFO
+// order. Returns false if it could not (timeout, self-deadlock), with the failure recorded.
+bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read = false) {
+  const Clock::time_point start = Clock::now();
+  const uint64_t tid = CurrentThreadId();
+  Coordinator::Grant g = Coord(p).AcquireTurn(p->ticket.get(), /*may_wait=*/true,
+                                              /*confirmed=*/true, Deadline(p), tid, pre_read);
+  if (g == Coordinator::Grant::kGranted) {
+    TakeReason(p, kReasonTxn);
+    return true;
+  }
+  if (!p->pending.active) {
+    p->pending.active = true;
+    p->pending.arrived = start;
+    p->pending.deadline = Deadline(p);
+  }
+  if (g == Coordinator::Grant::kSelfDeadlock) {
+    RecordFailure(p, lock, "self_deadlock",
+                  "this thread already holds the write turn through another connection; "
+                  "waiting for it here would deadlock");
+  } else {
+    RecordFailure(p, lock, "timeout",
+                  "waited " + std::to_string(p->knobs.Get(Knob::kTimeout)) +
+                      " ms (safeconc_timeout) for the write turn");
+  }
+  NoteRefusal(p, lock, BusyKind::kFinal);
+  return false;
+}
+
+// Asks for the write turn where waiting is unsafe (the connection holds a read lock).
+// Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (or failed).
+int TakeTurnForWrite(ShimFile* p, const char* lock) {
+  const uint64_t tid = CurrentThreadId();
+  Coordinator::Grant g = Coord(p).AcquireTurn(p->ticket.get(), /*may_wait=*/false,
+                                              /*confirmed=*/WillRetry(p), Clock::time_point(), tid);
+  switch (g) {
+    case Coordinator::Grant::kGranted:
+      return SQLITE_OK;
+    case Coordinator::Grant::kQueued:
+      NoteRefusal(p, lock, BusyKind::kTurn);
+      return SQLITE_BUSY;
+    case Coordinator::Grant::kSelfDeadlock:
+    case Coordinator::Grant::kTimeout:
+      break;
+  }
+  if (!p->pending.active) {
+    p->pending.active = true;
+    p->pending.arrived = Clock::now();
+    p->pending.deadline = p->pending.arrived;
+  }
+  RecordFailure(p, lock, "self_deadlock",
+                "this thread already holds the write turn through another connection; "
+                "waiting for it here would deadlock");
+  NoteRefusal(p, lock, BusyKind::kFinal);
+  return SQLITE_BUSY;
+}
+
+// Calls the base for a lock the coordinator granted. The base may still refuse for a moment:
+// in WAL mode a reader that read a torn index header takes WRITE for a recovery check
+// (microseconds, and it waits for nobody while holding it); another process may hold it.
+// Retry briefly (about 10 ms in all) before reporting SQLITE_BUSY, so a transaction that
+// holds the turn (safeconc_txn=immediate/serial) does not fail over such a blip. Safe: the
+// holders of that kind never wait for what this connection holds.
+template <typename Attempt>
+int BaseForTurnHolder(Attempt attempt) {
+  int rc = attempt();
+  for (int us = 10; rc == SQLITE_BUSY && us <= 5120; us *= 2) {
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+    rc = attempt();
+  }
+  return rc;
+}
+
+// The base refused a lock the coordinator granted: another process holds it.
+void BaseRefused(ShimFile* p, const char* lock) {
+  Coord(p).YieldTurnKeepPlace(p->ticket.get());
+  NoteRefusal(p, lock, BusyKind::kCross);
+}
+
+// Calls `attempt` until it stops returning SQLITE_BUSY or the deadline passes, waiting
+// between tries for a release in this process (woken at once) or, when the holder is in
+// another process, for a bounded backoff step. `blocked_here` says whether an in-process
+// handle blocks us and `self` whether only this thread's own handles do (deadlock).
+template <typename Attempt, typename Blockers>
+int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, Blockers blockers) {
+  Coordinator& c = Coord(p);
+  const Clock::time_point start = Clock::now();
+  Clock::time_point deadline = Deadline(p);
+  int polls = 0;
+  for (;;) {
+    const uint64_t gen = c.Generation();
+    int rc = attempt();
+    if (rc != SQLITE_BUSY) {
+      if (polls > 0) c.CountInLockWait(Clock::now() - start);
+      // A refusal of this very request is over; one of another request (the RESERVED this
+      // SHARED is a retry for) goes on with its own deadline.
+      if (rc == SQLITE_OK && p->pending.active && std::strcmp(p->pending.lock, lock) == 0) {
+        ClearRefusal(p);
+      }
+      return rc;
+    }
+    bool in_process = false, self = false;
+    blockers(&in_process, &self);
+    const Clock::time_point now = Clock::now();
+    if (!p->pending.active) {
+      p->pending.active = true;
+      p->pending.arrived = start;
+      p->pending.deadline = deadline;
+    }
+    if (self) {
+      RecordFailure(p, lock, "self_deadlock",
+                    "the lock is held by another connection of this same thread; waiting for "
+                    "it here would deadlock");
+      NoteRefusal(p, lock, BusyKind::kFinal);
+      return rc;
+    }
+    if (now >= deadline) {
+      c.CountTimeout();
+      RecordFailure(p, lock, "timeout",
+                    "waited " + std::to_string(p->knobs.Get(Knob::kTimeout)) +
+                        " ms (safeconc_timeout) for " +
+                        (in_process ? "this process" : "another process"));
+      NoteRefusal(p, lock, BusyKind::kFinal);
+      return rc;
+    }
+    // In-process holders wake us on release; poll now and then anyway in case another
+    // process holds the lock too.
+    const Clock::duration step =
+        in_process ? std::chrono::milliseconds(50)
+                   : std::chrono::milliseconds(std::min(1 << std::min(polls, 4), 10));
+    ++polls;
+    c.WaitForChange(gen, std::min(deadline, now + step));
+  }
+}
+
+}  // namespace
+
+int LockPathLock(ShimFile* p, int level) {
+  sqlite3_file* o = OrigFile(p);
+  Coordinator& c = Coord(p);
+  const uint64_t tid = CurrentThreadId();
+  int rc;
+  if (level == SQLITE_LOCK_SHARED && p->level == SQLITE_LOCK_NONE) {
+    // A lock period starts (rollback mode; in WAL mode the first read of the connection).
+    NoteAcquisition(p);
+    EnsureBusyHandler(p);
+    bool took = false;
+    if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
+      if (!TakeTurnForTxn(p, "SHARED")) return SQLITE_BUSY;
+      took = true;
+    }
+    rc = WaitAtSafePoint(
+        p, "SHARED", [&] { return o->pMethods->xLock(o, SQLITE_LOCK_SHARED); },
+        [&](bool* in_process, bool* self) {
+          // Refused by a writer's PENDING/EXCLUSIVE: the turn holder, if it is ours.
+          BlockerInfo b = c.Blocker();
+          *in_process = b.held;
+          *self = c.TurnHeldByThread(p->ticket.get(), tid);
+        });
+    if (rc == SQLITE_OK) {
+      p->level = SQLITE_LOCK_SHARED;
+      c.ReaderEnter(p->ticket.get(), tid);
+    } else if (took) {
+      DropReason(p, kReasonTxn);
+    }
+    return rc;
+  }
+  if (level == SQLITE_LOCK_RESERVED) {
+    if (p->turn_reasons == 0) {
+      rc = TakeTurnForWrite(p, "RESERVED");
+      if (rc != SQLITE_OK) return rc;
+      rc = BaseForTurnHolder([&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
+      if (rc == SQLITE_BUSY) {
+        BaseRefused(p, "RESERVED");
+        return rc;
+      }
+      if (rc != SQLITE_OK) {
+        Coord(p).ReleaseTurn(p->ticket.get());
+        return rc;
+      }
+      TakeReason(p, kReasonWrite);
+      ClearRefusal(p);
+    } else {
+      rc = BaseForTurnHolder([&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
+      if (rc == SQLITE_BUSY) NoteRefusal(p, "RESERVED", BusyKind::kCross);
+      if (rc != SQLITE_OK) return rc;
+      TakeReason(p, kReasonWrite);
+    }
+    p->level = SQLITE_LOCK_RESERVED;
+    return SQLITE_OK;
+  }
+  if (level == SQLITE_LOCK_EXCLUSIVE && p->level >= SQLITE_LOCK_RESERVED) {
+    // Commit: wait here for the readers to leave (SQLite would retry this through the busy
+    // handler; waiting here wakes on each reader's release instead of sleeping).
+    rc = WaitAtSafePoint(
+        p, "EXCLUSIVE", [&] { return o->pMethods->xLock(o, SQLITE_LOCK_EXCLUSIVE); },
+        [&](bool* in_process, bool* self) {
+          int others = 0, mine = 0;
+          c.CountOtherReaders(p->ticket.get(), tid, &others, &mine);
+          *in_process = others > 0;
+          *self = others > 0 && others == mine;
+        });
+    if (rc == SQLITE_OK) p->level = SQLITE_LOCK_EXCLUSIVE;
+    return rc;
+  }
+  // SHARED->EXCLUSIVE (hot-journal rollback, or closing the last WAL connection): SQLite
+  // tries once and never retries; forward as is.
+  rc = o->pMethods->xLock(o, level);
+  if (rc == SQLITE_OK) p->level = level;
+  return rc;
+}
+
+int LockPathUnlock(ShimFile* p, int level) {
+  sqlite3_file* o = OrigFile(p);
+  const int before = p->level;
+  const int rc = o->pMethods->xUnlock(o, level);
+  if (rc != SQLITE_OK) return rc;  // lock state unknown to SQLite too; it reports the error
+  p->level = level;
+  if (level < SQLITE_LOCK_RESERVED) DropReason(p, kReasonWrite);
+  if (level == SQLITE_LOCK_NONE) {
+    // The lock period ends. In WAL mode it is the read mark's period (see ShmLock), but a
+    // turn taken at the first SHARED must not outlive the connection's locks either.
+    DropReason(p, kReasonTxn);
+    Coord(p).ReaderLeave(p->ticket.get());
+  }
+  // Readers refused by our PENDING/EXCLUSIVE may go on now (also when it was held outside
+  // the turn, as a hot-journal rollback does).
+  if (before >= SQLITE_LOCK_PENDING && level < SQLITE_LOCK_PENDING) Coord(p).NotifyRelease();
+  return rc;
+}
+
+int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
+  sqlite3_file* o = OrigFile(p);
+  const bool lock = (flags & SQLITE_SHM_LOCK) != 0;
+  int rc;
+  if (offset == kWalWriteLock && n == 1 && (flags & SQLITE_SHM_EXCLUSIVE)) {
+    if (!lock) {
+      rc = o->pMethods->xShmLock(o, offset, n, flags);
+      DropReason(p, kReasonWrite);
+      return rc;
+    }
+    if (p->turn_reasons == 0 && p->read_marks == 0) {
+      // Not a write transaction (SQLite always holds a read mark when it starts one): a
+      // WAL-index recovery check or a checkpoint. wal.c retries those itself, and queueing
+      // them behind writers would make its reader loop give up with SQLITE_PROTOCOL. The base
+      // lock alone decides; a turn holder refused by it meanwhile polls as if another process
+      // held it.
+      return o->pMethods->xShmLock(o, offset, n, flags);
+    }
+    if (p->turn_reasons == 0) {
+      rc = TakeTurnForWrite(p, "WAL WRITE");
+      if (rc != SQLITE_OK) return rc;
+      rc = BaseForTurnHolder([&] { return o->pMethods->xShmLock(o, offset, n, flags); });
+      if (rc == SQLITE_BUSY) {
+        BaseRefused(p, "WAL WRITE");
+        return rc;
+      }
+      if (rc != SQLITE_OK) {
+        Coord(p).ReleaseTurn(p->ticket.get());
+        return rc;
+      }
+      ClearRefusal(p);
+    } else {
+      rc = BaseForTurnHolder([&] { return o->pMethods->xShmLock(o, offset, n, flags); });
+      if (rc == SQLITE_BUSY) NoteRefusal(p, "WAL WRITE", BusyKind::kCross);
+      if (rc != SQLITE_OK) return rc;
+    }
+    TakeReason(p, kReasonWrite);
+    return SQLITE_OK;
+  }
+  const bool read_mark = n == 1 && offset >= kWalReadLock0 &&
+                         offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
+  if (read_mark && lock) {
+    bool took = false;
+    if (p->read_marks == 0) {
+      NoteAcquisition(p);
+      EnsureBusyHandler(p);
+      if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
+        // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL, so a read whose
+        // turn cannot be had proceeds without it (recorded in safeconc_last_busy()); its
+        // write, if any, then meets SQLite's usual deferred rules.
+        took = TakeTurnForTxn(p, "WAL READ");
+      }
+    }
+    rc = o->pMethods->xShmLock(o, offset, n, flags);
+    if (rc == SQLITE_OK) {
+      if (++p->read_marks == 1 && p->turn_reasons != 0) Coord(p).ReadStarted(p->ticket.get());
+      p->pre_read_turn = false;
+    } else if (took) {
+      DropReason(p, kReasonTxn);
+    }
+    return rc;
+  }
+  if (offset == kWalCkptLock && (flags & SQLITE_SHM_EXCLUSIVE)) {
+    if (lock && p->pre_read_turn) {
+      // The header read the turn was taken for belongs to a checkpoint, not a read start.
+      p->pre_read_turn = false;
+      DropReason(p, kReasonTxn);
+    }
+    rc = o->pMethods->xShmLock(o, offset, n, flags);
+    if (rc == SQLITE_OK) p->ckpt_held = lock;
+    return rc;
+  }
+  rc = o->pMethods->xShmLock(o, offset, n, flags);
+  if (read_mark && !lock && rc == SQLITE_OK && p->read_marks > 0 && --p->read_marks == 0) {
+    DropReason(p, kReasonTxn);  // the WAL lock period ends with its read mark
+  }
+  return rc;
+}
+
+void LockPathShmBarrier(ShimFile* p) {
+  // The first VFS call of a WAL read start (wal.c reads the WAL-index header around it). A
+  // lock period that will write and finds the turn busy waits for it here, before reading the
+  // header: a header that writers keep changing (or tear, when one is preempted mid-update)
+  // sends wal.c into retries with quadratically growing sleeps, seen as ~1 s stalls with
+  // many threads. Safe point: no read mark is held yet.
+  // A checkpoint reads the header too (holding CKPT, and never taking a read mark): not here.
+  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && TxnWantsTurn(p)) {
+    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
+  }
+}
+
+void LockPathClose(ShimFile* p) {
+  ClearRefusal(p);
+  Coord(p).Close(p->ticket.get());
+  p->turn_reasons = 0;
+}
+
+}  // namespace safeconc
