@@ -35,13 +35,22 @@ bool Coordinator::EligibleLocked(Ticket* t) const {
   return f == nullptr || f == t;
 }
 
-void Coordinator::EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now) {
-  if (!t->queued) {
-    t->seq = ++next_seq_;
-    t->arrived = now;
-    t->confirmed = false;
-    t->expired = false;
-    t->passed = 0;
+void Coordinator::LinkLocked(Ticket* t, bool at_front, Clock::time_point now) {
+  if (t->queued) RemoveLocked(t);
+  t->seq = at_front ? 0 : ++next_seq_;  // 0: first in line by construction
+  t->arrived = now;
+  t->confirmed = false;
+  t->expired = false;
+  t->passed = 0;
+  if (at_front) {
+    t->prev = nullptr;
+    t->next = head_;
+    if (head_)
+      head_->prev = t;
+    else
+      tail_ = t;
+    head_ = t;
+  } else {
     t->prev = tail_;
     t->next = nullptr;
     if (tail_)
@@ -49,33 +58,22 @@ void Coordinator::EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now
     else
       head_ = t;
     tail_ = t;
-    t->queued = true;
-    ++queue_len_;
-    stats_.max_queue = std::max(stats_.max_queue, queue_len_);
-    UpdateHintLocked();
   }
+  t->queued = true;
+  ++queue_len_;
+  stats_.max_queue = std::max(stats_.max_queue, queue_len_);
+  UpdateHintLocked();
+}
+
+void Coordinator::EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now) {
+  if (!t->queued) LinkLocked(t, /*at_front=*/false, now);  // a retry keeps its place
   if (confirmed) ConfirmLocked(t, now);
   RefreshFrontLocked(now);
 }
 
 void Coordinator::EnqueueFrontLocked(Ticket* t, Clock::time_point now) {
-  if (t->queued) RemoveLocked(t);
-  t->seq = 0;  // first in line by construction
-  t->arrived = now;
-  t->confirmed = true;
-  t->expired = false;
-  t->passed = 0;
-  t->prev = nullptr;
-  t->next = head_;
-  if (head_)
-    head_->prev = t;
-  else
-    tail_ = t;
-  head_ = t;
-  t->queued = true;
-  ++queue_len_;
-  stats_.max_queue = std::max(stats_.max_queue, queue_len_);
-  UpdateHintLocked();
+  LinkLocked(t, /*at_front=*/true, now);
+  ConfirmLocked(t, now);
   RefreshFrontLocked(now);
 }
 

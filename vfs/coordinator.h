@@ -166,6 +166,8 @@ class Coordinator {
   void GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) SC_REQUIRES(mu_);
   // Revokes a pre-read turn held longer than kPreReadLease.
   void RevokeStaleLocked(Clock::time_point now) SC_REQUIRES(mu_);
+  // Puts t at the back (or the front) of the line as a new arrival.
+  void LinkLocked(Ticket* t, bool at_front, Clock::time_point now) SC_REQUIRES(mu_);
   void EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now) SC_REQUIRES(mu_);
   void EnqueueFrontLocked(Ticket* t, Clock::time_point now) SC_REQUIRES(mu_);
   void RemoveLocked(Ticket* t) SC_REQUIRES(mu_);

@@ -201,6 +201,33 @@ void BaseRefused(ShimFile* p, const char* lock) {
   NoteRefusal(p, lock, BusyKind::kCross);
 }
 
+// A write start (RESERVED, WAL WRITE): takes the turn unless held, then the base lock. A
+// holder refused by the base (another process) keeps its place in line and polls.
+template <typename Attempt>
+int WriteStart(ShimFile* p, const char* lock, Attempt attempt) {
+  const bool held = p->turn_reasons != 0;
+  if (!held) {
+    const int rc = TakeTurnForWrite(p, lock);
+    if (rc != SQLITE_OK) return rc;
+  }
+  const int rc = BaseForTurnHolder(attempt);
+  if (rc == SQLITE_BUSY) {
+    if (held) {
+      NoteRefusal(p, lock, BusyKind::kCross);
+    } else {
+      BaseRefused(p, lock);
+    }
+    return rc;
+  }
+  if (rc != SQLITE_OK) {
+    if (!held) Coord(p).ReleaseTurn(p->ticket.get());
+    return rc;
+  }
+  if (!held) ClearRefusal(p);
+  TakeReason(p, kReasonWrite);
+  return SQLITE_OK;
+}
+
 // Calls `attempt` until it stops returning SQLITE_BUSY or the deadline passes, waiting
 // between tries for a release in this process (woken at once) or, when the holder is in
 // another process, for a bounded backoff step. `blocked_here` says whether an in-process
@@ -290,28 +317,9 @@ int LockPathLock(ShimFile* p, int level) {
     return rc;
   }
   if (level == SQLITE_LOCK_RESERVED) {
-    if (p->turn_reasons == 0) {
-      rc = TakeTurnForWrite(p, "RESERVED");
-      if (rc != SQLITE_OK) return rc;
-      rc = BaseForTurnHolder([&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
-      if (rc == SQLITE_BUSY) {
-        BaseRefused(p, "RESERVED");
-        return rc;
-      }
-      if (rc != SQLITE_OK) {
-        Coord(p).ReleaseTurn(p->ticket.get());
-        return rc;
-      }
-      TakeReason(p, kReasonWrite);
-      ClearRefusal(p);
-    } else {
-      rc = BaseForTurnHolder([&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
-      if (rc == SQLITE_BUSY) NoteRefusal(p, "RESERVED", BusyKind::kCross);
-      if (rc != SQLITE_OK) return rc;
-      TakeReason(p, kReasonWrite);
-    }
-    p->level = SQLITE_LOCK_RESERVED;
-    return SQLITE_OK;
+    rc = WriteStart(p, "RESERVED", [&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
+    if (rc == SQLITE_OK) p->level = SQLITE_LOCK_RESERVED;
+    return rc;
   }
   if (level == SQLITE_LOCK_EXCLUSIVE && p->level >= SQLITE_LOCK_RESERVED) {
     // Commit: wait here for the readers to leave (SQLite would retry this through the busy
@@ -371,26 +379,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
       // held it.
       return o->pMethods->xShmLock(o, offset, n, flags);
     }
-    if (p->turn_reasons == 0) {
-      rc = TakeTurnForWrite(p, "WAL WRITE");
-      if (rc != SQLITE_OK) return rc;
-      rc = BaseForTurnHolder([&] { return o->pMethods->xShmLock(o, offset, n, flags); });
-      if (rc == SQLITE_BUSY) {
-        BaseRefused(p, "WAL WRITE");
-        return rc;
-      }
-      if (rc != SQLITE_OK) {
-        Coord(p).ReleaseTurn(p->ticket.get());
-        return rc;
-      }
-      ClearRefusal(p);
-    } else {
-      rc = BaseForTurnHolder([&] { return o->pMethods->xShmLock(o, offset, n, flags); });
-      if (rc == SQLITE_BUSY) NoteRefusal(p, "WAL WRITE", BusyKind::kCross);
-      if (rc != SQLITE_OK) return rc;
-    }
-    TakeReason(p, kReasonWrite);
-    return SQLITE_OK;
+    return WriteStart(p, "WAL WRITE", [&] { return o->pMethods->xShmLock(o, offset, n, flags); });
   }
   const bool read_mark = n == 1 && offset >= kWalReadLock0 &&
                          offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
