@@ -69,8 +69,8 @@ int CheckOwner(safeconc_owner* h, std::shared_ptr<Owner>* impl, bool need_owner_
     return Fail(SQLITE_MISUSE, std::string(what) + ": the owner is closed");
   }
   if (need_owner_thread && !(*impl)->OnOwnerThread()) {
-    return Fail(SQLITE_MISUSE, std::string(what) + ": must be called on the owner thread of " +
-                                   (*impl)->Name());
+    return Fail(SQLITE_MISUSE,
+                std::string(what) + ": must be called on the owner thread of " + (*impl)->Name());
   }
   return SQLITE_OK;
 }
@@ -84,7 +84,9 @@ int OpenOwner(safeconc_dispatch_fn hook, void* hook_arg, bool fd_kind, safeconc_
     int fd = -1;
     if (fd_kind) {
       fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (fd < 0) return Fail(SQLITE_CANTOPEN, std::string("owner_open_fd: eventfd: ") + std::strerror(errno));
+      if (fd < 0)
+        return Fail(SQLITE_CANTOPEN,
+                    std::string("owner_open_fd: eventfd: ") + std::strerror(errno));
     }
     auto* h = new safeconc_owner();
     h->impl = std::make_shared<Owner>(g_next_owner.fetch_add(1) + 1, CurrentThreadId(),
@@ -120,7 +122,8 @@ int ApiOwnerDrain(safeconc_owner* h, int max) {
     std::shared_ptr<Owner> o;
     const int rc = CheckOwner(h, &o, true, "owner_drain");
     if (rc != SQLITE_OK) return -rc;
-    if (o->fd < 0) return -Fail(SQLITE_MISUSE, "owner_drain: " + o->Name() + " has a dispatch hook, not an fd");
+    if (o->fd < 0)
+      return -Fail(SQLITE_MISUSE, "owner_drain: " + o->Name() + " has a dispatch hook, not an fd");
     Ok();
     return o->Drain(max);
   } catch (...) {
@@ -153,8 +156,8 @@ void ApiTaskRun(safeconc_task* task) {
   }
 }
 
-int Create(const char* what, sqlite3* db, const char* name, int nArg, int flags,
-           safeconc_owner* h, void* user_data, safeconc_callback_fn fn, safeconc_callback_fn step,
+int Create(const char* what, sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* h,
+           void* user_data, safeconc_callback_fn fn, safeconc_callback_fn step,
            safeconc_callback_fn final, safeconc_callback_fn value, safeconc_callback_fn inverse,
            safeconc_destroy_fn destroy) {
   try {
@@ -250,10 +253,14 @@ sqlite3_int64 ApiArgInt64(safeconc_ctx* c, int i) {
   if (!c->task) return sqlite3_value_int64(c->argv[i]);
   const CopiedValue* v = Copy(c, i);
   switch (v->type) {
-    case SQLITE_INTEGER: return v->i;
-    case SQLITE_FLOAT: return static_cast<sqlite3_int64>(v->d);
-    case SQLITE_TEXT: return std::strtoll(v->bytes.c_str(), nullptr, 10);
-    default: return 0;
+    case SQLITE_INTEGER:
+      return v->i;
+    case SQLITE_FLOAT:
+      return static_cast<sqlite3_int64>(v->d);
+    case SQLITE_TEXT:
+      return std::strtoll(v->bytes.c_str(), nullptr, 10);
+    default:
+      return 0;
   }
 }
 double ApiArgDouble(safeconc_ctx* c, int i) {
@@ -261,10 +268,14 @@ double ApiArgDouble(safeconc_ctx* c, int i) {
   if (!c->task) return sqlite3_value_double(c->argv[i]);
   const CopiedValue* v = Copy(c, i);
   switch (v->type) {
-    case SQLITE_INTEGER: return static_cast<double>(v->i);
-    case SQLITE_FLOAT: return v->d;
-    case SQLITE_TEXT: return std::strtod(v->bytes.c_str(), nullptr);
-    default: return 0;
+    case SQLITE_INTEGER:
+      return static_cast<double>(v->i);
+    case SQLITE_FLOAT:
+      return v->d;
+    case SQLITE_TEXT:
+      return std::strtod(v->bytes.c_str(), nullptr);
+    default:
+      return 0;
   }
 }
 const unsigned char* ApiArgText(safeconc_ctx* c, int i) {

@@ -12,7 +12,6 @@ SQLITE_EXTENSION_INIT3
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <unordered_map>
 
 #include "vfs/coordinator.h"  // CurrentThreadId
 #include "vfs/histogram.h"
@@ -24,35 +23,85 @@ namespace {
 
 // ---- Stats ------------------------------------------------------------------------------
 // Counters: relaxed atomics, each an independent count. The histogram: under g_stats_mu.
-std::atomic<uint64_t> g_direct{0}, g_dispatched{0}, g_timeouts{0}, g_failed{0};
+std::atomic<uint64_t> g_dispatched{0}, g_timeouts{0}, g_failed{0};
 std::mutex g_stats_mu;
+
+// Direct calls are counted per thread (a shared counter would cost a locked instruction on
+// the hot path): each thread's counter has one writer (that thread: relaxed load + store, no
+// lock prefix) and is read by safeconc_stats() under g_direct_mu, which also guards the list
+// of live counters and the total of exited threads.
+struct DirectCounter {
+  std::atomic<uint64_t> n{0};
+  DirectCounter();
+  ~DirectCounter();
+};
+std::mutex g_direct_mu;
+std::vector<DirectCounter*>& DirectCounters() {
+  static auto* v = new std::vector<DirectCounter*>();  // leaked: threads exit after main
+  return *v;
+}
+uint64_t g_direct_exited = 0;  // guarded by g_direct_mu
+DirectCounter::DirectCounter() {
+  std::lock_guard<std::mutex> l(g_direct_mu);
+  DirectCounters().push_back(this);
+}
+DirectCounter::~DirectCounter() {
+  std::lock_guard<std::mutex> l(g_direct_mu);
+  auto& v = DirectCounters();
+  v.erase(std::find(v.begin(), v.end(), this));
+  g_direct_exited += n.load(std::memory_order_relaxed);
+}
+// Everything the direct path needs of its thread, in one zero-initialised thread-local read
+// once per call. In a dlopen()ed library each thread-local access is otherwise a call to
+// __tls_get_addr (callgrind: a third of the trampoline's per-call cost); initial-exec makes
+// it one instruction, from the static TLS surplus glibc keeps for dlopen()ed libraries.
+constexpr int kMaxNest = 16;  // nested callbacks tracked for in_callback()
+struct HotTls {
+  uint64_t tid;                   // this thread's id, 0 until first asked
+  std::atomic<uint64_t>* direct;  // this thread's direct-call counter, null until first call
+  int depth;                      // callbacks running on this thread (may exceed kMaxNest)
+  sqlite3* callbacks[kMaxNest];   // their connections, innermost last
+};
+__attribute__((tls_model("initial-exec"))) thread_local HotTls t_hot;
+
+HotTls& Hot() {
+  HotTls& h = t_hot;
+  if (h.tid == 0) {
+    h.tid = CurrentThreadId();
+    thread_local DirectCounter counter;  // folds its count in when the thread exits
+    h.direct = &counter.n;
+  }
+  return h;
+}
+uint64_t DirectTotal() {
+  std::lock_guard<std::mutex> l(g_direct_mu);
+  uint64_t total = g_direct_exited;
+  for (DirectCounter* c : DirectCounters()) total += c->n.load(std::memory_order_relaxed);
+  return total;
+}
+
 Histogram* DispatchHistogram() {
   static Histogram* h = new Histogram();  // leaked: used until process exit
   return h;
 }
 
-// ---- In-callback counts per connection ----------------------------------------------------
-std::mutex g_cb_mu;
-std::unordered_map<sqlite3*, int>& CallbackCounts() {
-  static auto* m = new std::unordered_map<sqlite3*, int>();  // leaked, see above
-  return *m;
-}
-
+// ---- In-callback tracking ------------------------------------------------------------------
+// Each thread keeps the stack of connections whose host callback it is running (callbacks can
+// nest: a callback may step another statement), in HotTls. in_callback(db) asks about the
+// calling thread, which is the question a binding has when its callback code calls close()
+// or steps the running statement again. Nothing shared on the hot path.
 class InCallbackScope {
  public:
-  explicit InCallbackScope(sqlite3* db) : db_(db) {
-    std::lock_guard<std::mutex> l(g_cb_mu);
-    ++CallbackCounts()[db_];
+  InCallbackScope(HotTls& h, sqlite3* db) : h_(h) {
+    if (h_.depth < kMaxNest) h_.callbacks[h_.depth] = db;
+    ++h_.depth;
   }
-  ~InCallbackScope() {
-    std::lock_guard<std::mutex> l(g_cb_mu);
-    auto& m = CallbackCounts();
-    auto it = m.find(db_);
-    if (it != m.end() && --it->second == 0) m.erase(it);
-  }
+  ~InCallbackScope() { --h_.depth; }
+  InCallbackScope(const InCallbackScope&) = delete;
+  InCallbackScope& operator=(const InCallbackScope&) = delete;
 
  private:
-  sqlite3* const db_;
+  HotTls& h_;
 };
 
 // ---- Task pool ------------------------------------------------------------------------------
@@ -64,12 +113,23 @@ std::vector<Task*>& Pool() {
 
 void Invoke(Func* f, CallKind kind, safeconc_ctx* c) {
   switch (kind) {
-    case CallKind::kScalar: f->fn(c); break;
-    case CallKind::kStep: f->step(c); break;
-    case CallKind::kFinal: f->final(c); break;
-    case CallKind::kValue: f->value(c); break;
-    case CallKind::kInverse: f->inverse(c); break;
-    case CallKind::kDestroy: break;  // RunTask handles it
+    case CallKind::kScalar:
+      f->fn(c);
+      break;
+    case CallKind::kStep:
+      f->step(c);
+      break;
+    case CallKind::kFinal:
+      f->final(c);
+      break;
+    case CallKind::kValue:
+      f->value(c);
+      break;
+    case CallKind::kInverse:
+      f->inverse(c);
+      break;
+    case CallKind::kDestroy:
+      break;  // RunTask handles it
   }
 }
 
@@ -92,8 +152,12 @@ void CopiedValue::Set(sqlite3_value* v) {
   type = sqlite3_value_type(v);
   zeroblob = -1;
   switch (type) {
-    case SQLITE_INTEGER: i = sqlite3_value_int64(v); break;
-    case SQLITE_FLOAT: d = sqlite3_value_double(v); break;
+    case SQLITE_INTEGER:
+      i = sqlite3_value_int64(v);
+      break;
+    case SQLITE_FLOAT:
+      d = sqlite3_value_double(v);
+      break;
     case SQLITE_TEXT: {
       const unsigned char* p = sqlite3_value_text(v);
       bytes.assign(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_value_bytes(v)));
@@ -102,10 +166,14 @@ void CopiedValue::Set(sqlite3_value* v) {
     case SQLITE_BLOB: {
       const void* p = sqlite3_value_blob(v);
       const int n = sqlite3_value_bytes(v);
-      if (n > 0) bytes.assign(static_cast<const char*>(p), static_cast<size_t>(n)); else bytes.clear();
+      if (n > 0)
+        bytes.assign(static_cast<const char*>(p), static_cast<size_t>(n));
+      else
+        bytes.clear();
       break;
     }
-    default: break;
+    default:
+      break;
   }
 }
 
@@ -163,7 +231,7 @@ void RunTask(Task* t) {
       c.argc = t->argc;
       c.agg_slot = &t->agg_value;  // the task's copy; the worker copies it back when done
       {
-        InCallbackScope scope(t->db);
+        InCallbackScope scope(Hot(), t->db);
         Invoke(t->func.get(), t->kind, &c);
       }
       std::lock_guard<std::mutex> l(t->mu);
@@ -182,12 +250,7 @@ Owner::~Owner() {
   if (fd >= 0) ::close(fd);
 }
 
-bool Owner::OnOwnerThread() const { return CurrentThreadId() == tid; }
-
-bool Owner::closed() {
-  std::lock_guard<std::mutex> l(mu_);
-  return closed_;
-}
+bool Owner::OnOwnerThread() const { return Hot().tid == tid; }
 
 void Owner::TaskStarted(Task* t) {
   std::lock_guard<std::mutex> l(mu_);
@@ -202,13 +265,16 @@ void Owner::ForgetInHost(Task* t) {
 bool Owner::Dispatch(Task* t, std::string* why) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (closed_) {
+    if (closed_.load(std::memory_order_relaxed)) {
       *why = Name() + " is closed";
       return false;
     }
     if (hook == nullptr) {
       t->next = nullptr;
-      if (tail_) tail_->next = t; else head_ = t;
+      if (tail_)
+        tail_->next = t;
+      else
+        head_ = t;
       tail_ = t;
     } else {
       in_host_.push_back(t);
@@ -229,7 +295,8 @@ bool Owner::Dispatch(Task* t, std::string* why) {
     std::lock_guard<std::mutex> l(mu_);
     ForgetInHost(t);
   }
-  *why = "the dispatch hook of " + Name() + " refused the call (returned " + std::to_string(rc) + ")";
+  *why =
+      "the dispatch hook of " + Name() + " refused the call (returned " + std::to_string(rc) + ")";
   return false;
 }
 
@@ -266,8 +333,8 @@ void Owner::Close() {
   std::vector<Task*> in_host;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (closed_) return;
-    closed_ = true;
+    if (closed_.load(std::memory_order_relaxed)) return;
+    closed_.store(true, std::memory_order_release);
     queued = head_;
     head_ = tail_ = nullptr;
     in_host = in_host_;  // the host's loop still holds these; it runs (or drops) them later
@@ -290,6 +357,10 @@ namespace {
 // flight keep it alive after SQLite deleted or replaced the function.
 struct FuncHolder {
   std::shared_ptr<Func> func;
+  // Cached for the direct path (fewer dependent loads per call); constant, like func.
+  Func* f;
+  Owner* owner;
+  uint64_t owner_tid;
 };
 
 void CallError(sqlite3_context* sctx, const std::string& msg, int code = SQLITE_ERROR) {
@@ -309,8 +380,12 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
   if (!t->result_set) return;  // NULL, as SQLite's default
   const CopiedValue& r = t->result;
   switch (r.type) {
-    case SQLITE_INTEGER: sqlite3_result_int64(sctx, r.i); break;
-    case SQLITE_FLOAT: sqlite3_result_double(sctx, r.d); break;
+    case SQLITE_INTEGER:
+      sqlite3_result_int64(sctx, r.i);
+      break;
+    case SQLITE_FLOAT:
+      sqlite3_result_double(sctx, r.d);
+      break;
     case SQLITE_TEXT:
       sqlite3_result_text64(sctx, r.bytes.data(), r.bytes.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
       break;
@@ -321,43 +396,18 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
         sqlite3_result_blob64(sctx, r.bytes.data(), r.bytes.size(), SQLITE_TRANSIENT);
       }
       break;
-    default: sqlite3_result_null(sctx); break;
+    default:
+      sqlite3_result_null(sctx);
+      break;
   }
 }
 
-void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv, CallKind kind) {
-  FuncHolder* h = static_cast<FuncHolder*>(sqlite3_user_data(sctx));
+// The dispatched path (a worker thread): out of line, so the direct path stays small.
+[[gnu::noinline]] void DispatchCall(sqlite3_context* sctx, FuncHolder* h, int argc,
+                                    sqlite3_value** argv, CallKind kind, void** slot) {
   Func* f = h->func.get();
   Owner* o = f->owner.get();
-  sqlite3* db = sqlite3_context_db_handle(sctx);
-  void** slot = nullptr;
-  if (kind != CallKind::kScalar) {
-    slot = static_cast<void**>(sqlite3_aggregate_context(sctx, sizeof(void*)));
-    if (slot == nullptr) {
-      sqlite3_result_error_nomem(sctx);
-      return;
-    }
-  }
-  if (o->OnOwnerThread()) {
-    if (o->closed()) {
-      CallError(sctx, "safeconc: function '" + f->name + "': " + o->Name() + " is closed");
-      return;
-    }
-    // The direct path: SQLite's own context and values, no copy, no queue.
-    safeconc_ctx c;
-    c.func = f;
-    c.kind = kind;
-    c.sctx = sctx;
-    c.argv = argv;
-    c.argc = argc;
-    c.agg_slot = slot;
-    g_direct.fetch_add(1, std::memory_order_relaxed);
-    InCallbackScope scope(db);
-    Invoke(f, kind, &c);
-    return;
-  }
-
-  // The dispatched path.
+  sqlite3* const db = f->db;
   const int64_t timeout_ms = ConnectionKnob(db, Knob::kCallTimeout);
   Task* t;
   try {
@@ -432,6 +482,37 @@ void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv, CallKind kind) 
   ReleaseTask(t);
 }
 
+inline void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv, CallKind kind) {
+  FuncHolder* h = static_cast<FuncHolder*>(sqlite3_user_data(sctx));
+  Func* f = h->f;
+  Owner* o = h->owner;
+  void** slot = nullptr;
+  if (kind != CallKind::kScalar) {
+    slot = static_cast<void**>(sqlite3_aggregate_context(sctx, sizeof(void*)));
+    if (slot == nullptr) {
+      sqlite3_result_error_nomem(sctx);
+      return;
+    }
+  }
+  HotTls& hot = Hot();
+  if (hot.tid != h->owner_tid) return DispatchCall(sctx, h, argc, argv, kind, slot);
+  if (o->closed()) {
+    CallError(sctx, "safeconc: function '" + f->name + "': " + o->Name() + " is closed");
+    return;
+  }
+  // The direct path: SQLite's own context and values, no copy, no queue.
+  safeconc_ctx c;
+  c.func = f;
+  c.kind = kind;
+  c.sctx = sctx;
+  c.argv = argv;
+  c.argc = argc;
+  c.agg_slot = slot;
+  hot.direct->store(hot.direct->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  InCallbackScope scope(hot, f->db);
+  Invoke(f, kind, &c);
+}
+
 void XFunc(sqlite3_context* c, int n, sqlite3_value** v) { Call(c, n, v, CallKind::kScalar); }
 void XStep(sqlite3_context* c, int n, sqlite3_value** v) { Call(c, n, v, CallKind::kStep); }
 void XFinal(sqlite3_context* c) { Call(c, 0, nullptr, CallKind::kFinal); }
@@ -481,6 +562,7 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
                    safeconc_destroy_fn destroy, std::string* why) {
   auto f = std::make_shared<Func>();
   f->name = name;
+  f->db = db;
   f->owner = owner;
   f->user_data = user_data;
   f->fn = fn;
@@ -489,14 +571,14 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
   f->value = value;
   f->inverse = inverse;
   f->destroy = destroy;
-  auto* h = new FuncHolder{f};
+  auto* h = new FuncHolder{f, f.get(), owner.get(), owner->tid};
   const int eflags = flags | SQLITE_UTF8;
   int rc;
   if (fn != nullptr) {
     rc = sqlite3_create_function_v2(db, name, nArg, eflags, h, XFunc, nullptr, nullptr, XDestroy);
   } else if (value != nullptr) {
-    rc = sqlite3_create_window_function(db, name, nArg, eflags, h, XStep, XFinal, XValue,
-                                        XInverse, XDestroy);
+    rc = sqlite3_create_window_function(db, name, nArg, eflags, h, XStep, XFinal, XValue, XInverse,
+                                        XDestroy);
   } else {
     rc = sqlite3_create_function_v2(db, name, nArg, eflags, h, nullptr, XStep, XFinal, XDestroy);
   }
@@ -506,14 +588,15 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
 }
 
 bool InCallback(sqlite3* db) {
-  std::lock_guard<std::mutex> l(g_cb_mu);
-  return CallbackCounts().count(db) != 0;
+  const HotTls& h = Hot();
+  const int n = h.depth < kMaxNest ? h.depth : kMaxNest;
+  return std::find(h.callbacks, h.callbacks + n, db) != h.callbacks + n;
 }
 
 void WriteUdfJson(JsonWriter& w) {
   w.Key("udf")
       .BeginObject()
-      .Field("calls_direct", static_cast<int64_t>(g_direct.load(std::memory_order_relaxed)))
+      .Field("calls_direct", static_cast<int64_t>(DirectTotal()))
       .Field("calls_dispatched", static_cast<int64_t>(g_dispatched.load(std::memory_order_relaxed)))
       .Field("timeouts", static_cast<int64_t>(g_timeouts.load(std::memory_order_relaxed)))
       .Field("failed", static_cast<int64_t>(g_failed.load(std::memory_order_relaxed)))

@@ -61,7 +61,7 @@ class Owner {
  public:
   // Constant after construction.
   const uint64_t id;
-  const uint64_t tid;  // the owner thread (kernel id)
+  const uint64_t tid;               // the owner thread (kernel id)
   const safeconc_dispatch_fn hook;  // null: the built-in fd kind
   void* const hook_arg;
   const int fd;  // eventfd of the fd kind, else -1
@@ -78,23 +78,26 @@ class Owner {
   int Drain(int max);
   // On the owner thread: fails pending tasks, refuses new ones.
   void Close();
-  bool closed();
+  // Lock-free read (the direct path asks on every call): written under mu_ with release
+  // by Close(), read with acquire.
+  bool closed() const { return closed_.load(std::memory_order_acquire); }
   // A hook task reached task_run: it is no longer the host's to fail on close.
   void TaskStarted(Task* t);
   std::string Name() const { return "owner #" + std::to_string(id); }
 
  private:
   std::mutex mu_;
-  bool closed_ = false;             // guarded by mu_
-  Task* head_ = nullptr;            // fd kind: queued tasks, guarded by mu_
+  std::atomic<bool> closed_{false};  // written under mu_ (Close), read anywhere
+  Task* head_ = nullptr;             // fd kind: queued tasks, guarded by mu_
   Task* tail_ = nullptr;
-  std::vector<Task*> in_host_;      // hook kind: tasks handed to the hook, not yet run
-  void ForgetInHost(Task* t);       // requires mu_
+  std::vector<Task*> in_host_;  // hook kind: tasks handed to the hook, not yet run
+  void ForgetInHost(Task* t);   // requires mu_
 };
 
 // A registered function.
 struct Func {
   std::string name;
+  sqlite3* db = nullptr;  // the connection it is registered on
   std::shared_ptr<Owner> owner;
   void* user_data = nullptr;
   safeconc_callback_fn fn = nullptr;  // scalar

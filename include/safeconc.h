@@ -65,8 +65,7 @@ typedef void (*safeconc_callback_fn)(safeconc_ctx* ctx);
 typedef void (*safeconc_destroy_fn)(void* user_data);
 
 /* Flags for create_*: any of these SQLite flags, others are refused. */
-#define SAFECONC_FUNCTION_FLAGS \
-  (SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY | SQLITE_INNOCUOUS)
+#define SAFECONC_FUNCTION_FLAGS (SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY | SQLITE_INNOCUOUS)
 
 typedef struct safeconc_api_v1 {
   int version; /* 1 */
@@ -93,16 +92,15 @@ typedef struct safeconc_api_v1 {
   /* ---- Functions ---- */
   /* nArg: -1 for any number, else 0..127. flags: SAFECONC_FUNCTION_FLAGS. Replaces a
   ** function of the same name and nArg, as sqlite3_create_function does. */
-  int (*create_function)(sqlite3* db, const char* name, int nArg, int flags,
-                         safeconc_owner* owner, void* user_data, safeconc_callback_fn fn,
-                         safeconc_destroy_fn destroy);
-  int (*create_aggregate)(sqlite3* db, const char* name, int nArg, int flags,
-                          safeconc_owner* owner, void* user_data, safeconc_callback_fn step,
-                          safeconc_callback_fn final, safeconc_destroy_fn destroy);
-  int (*create_window)(sqlite3* db, const char* name, int nArg, int flags,
-                       safeconc_owner* owner, void* user_data, safeconc_callback_fn step,
-                       safeconc_callback_fn final, safeconc_callback_fn value,
-                       safeconc_callback_fn inverse, safeconc_destroy_fn destroy);
+  int (*create_function)(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
+                         void* user_data, safeconc_callback_fn fn, safeconc_destroy_fn destroy);
+  int (*create_aggregate)(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
+                          void* user_data, safeconc_callback_fn step, safeconc_callback_fn final,
+                          safeconc_destroy_fn destroy);
+  int (*create_window)(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
+                       void* user_data, safeconc_callback_fn step, safeconc_callback_fn final,
+                       safeconc_callback_fn value, safeconc_callback_fn inverse,
+                       safeconc_destroy_fn destroy);
   /* Non-zero while a host callback of a function of db runs (on its owner thread): a
   ** binding refuses close() or re-entry into the running statement then. */
   int (*in_callback)(sqlite3* db);

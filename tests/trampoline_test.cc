@@ -49,13 +49,21 @@ void Echo(safeconc_ctx* c) { A()->result_arg(c, 0); }
 void Rebuild(safeconc_ctx* c) {
   const safeconc_api_v1* a = A();
   switch (a->arg_type(c, 0)) {
-    case SQLITE_INTEGER: a->result_int64(c, a->arg_int64(c, 0)); break;
-    case SQLITE_FLOAT: a->result_double(c, a->arg_double(c, 0)); break;
+    case SQLITE_INTEGER:
+      a->result_int64(c, a->arg_int64(c, 0));
+      break;
+    case SQLITE_FLOAT:
+      a->result_double(c, a->arg_double(c, 0));
+      break;
     case SQLITE_TEXT:
       a->result_text(c, reinterpret_cast<const char*>(a->arg_text(c, 0)), a->arg_bytes(c, 0));
       break;
-    case SQLITE_BLOB: a->result_blob(c, a->arg_blob(c, 0), a->arg_bytes(c, 0)); break;
-    default: a->result_null(c); break;
+    case SQLITE_BLOB:
+      a->result_blob(c, a->arg_blob(c, 0), a->arg_bytes(c, 0));
+      break;
+    default:
+      a->result_null(c);
+      break;
   }
 }
 
@@ -112,11 +120,11 @@ class Trampoline : public testing::Test {
               SQLITE_OK);
     ASSERT_EQ(A()->create_function(db, "fail", 2, 0, owner_, nullptr, Fail, nullptr), SQLITE_OK);
     ASSERT_EQ(A()->create_function(db, "zero", 1, 0, owner_, nullptr, Zero, nullptr), SQLITE_OK);
-    ASSERT_EQ(A()->create_aggregate(db, "my_sum", 1, 0, owner_, nullptr, SumStep, SumFinal,
-                                    nullptr),
-              SQLITE_OK);
-    ASSERT_EQ(A()->create_window(db, "my_wsum", 1, 0, owner_, nullptr, SumStep, SumFinal,
-                                 SumValue, SumInverse, nullptr),
+    ASSERT_EQ(
+        A()->create_aggregate(db, "my_sum", 1, 0, owner_, nullptr, SumStep, SumFinal, nullptr),
+        SQLITE_OK);
+    ASSERT_EQ(A()->create_window(db, "my_wsum", 1, 0, owner_, nullptr, SumStep, SumFinal, SumValue,
+                                 SumInverse, nullptr),
               SQLITE_OK);
   }
   // The rows of `sql`, stepped on a worker thread while this (the owner) thread runs its loop.
@@ -197,10 +205,11 @@ TEST_F(Trampoline, ValuesRoundTripInBothPaths) {
     for (const char* e : exprs) {
       // Compare type, bytes (hex) and, for floats, the sign of zero.
       const std::string sql = std::string("SELECT typeof(v), hex(v), v IS ") + e +
-                              ", CASE WHEN typeof(v)='real' THEN 1/v END FROM (SELECT " + fn +
-                              "(" + e + ") AS v)";
-      const std::string native = std::string("SELECT typeof(v), hex(v), 1, CASE WHEN "
-                                             "typeof(v)='real' THEN 1/v END FROM (SELECT ") +
+                              ", CASE WHEN typeof(v)='real' THEN 1/v END FROM (SELECT " + fn + "(" +
+                              e + ") AS v)";
+      const std::string native = std::string(
+                                     "SELECT typeof(v), hex(v), 1, CASE WHEN "
+                                     "typeof(v)='real' THEN 1/v END FROM (SELECT ") +
                                  e + " AS v)";
       const std::vector<std::string> want = db.Rows(native);
       EXPECT_EQ(db.Rows(sql), want) << fn << " direct " << e;
@@ -276,6 +285,9 @@ TEST_F(Trampoline, TimeoutFailsCleanlyAndLateTaskIsSkipped) {
   EXPECT_NE(err.find("safeconc_call_timeout=100"), std::string::npos) << err;
   EXPECT_EQ(A()->owner_drain(owner_, 0), 1);  // the abandoned task, skipped
   EXPECT_EQ(g_calls.load(), 0) << "a call whose worker gave up still ran";
+  const std::string stats = db.Text("SELECT safeconc_stats()");
+  EXPECT_GE(db.Int("SELECT json_extract('" + stats + "', '$.udf.timeouts')"), 1) << stats;
+  EXPECT_GE(db.Int("SELECT json_extract('" + stats + "', '$.udf.failed')"), 1) << stats;
 }
 
 // The owner closes while a call waits in its queue: the worker is released at once with an
@@ -324,9 +336,9 @@ TEST_F(Trampoline, OwnerClosedFromInsideRunningCallback) {
     A()->owner_close(s_owner);
     A()->result_int64(c, 42);
   };
-  ASSERT_EQ(A()->create_function(db.get(), "close_self", 0, 0, owner_, nullptr, close_self,
-                                 nullptr),
-            SQLITE_OK);
+  ASSERT_EQ(
+      A()->create_function(db.get(), "close_self", 0, 0, owner_, nullptr, close_self, nullptr),
+      SQLITE_OK);
   std::vector<std::string> rows;
   OnWorker(A(), owner_, [&] { rows = db.Rows("SELECT close_self()"); });
   EXPECT_EQ(rows, std::vector<std::string>{"42"});
@@ -422,9 +434,9 @@ TEST_F(Trampoline, DestructorRunsOnOwnerThread) {
             SQLITE_OK);
   // Replaced on a worker thread: the old data is destroyed on the owner thread.
   OnWorker(A(), owner_, [&] {
-    EXPECT_EQ(sqlite3_create_function(db.get(), "f", 1, SQLITE_UTF8, nullptr, nullptr, nullptr,
-                                      nullptr),
-              SQLITE_OK);
+    EXPECT_EQ(
+        sqlite3_create_function(db.get(), "f", 1, SQLITE_UTF8, nullptr, nullptr, nullptr, nullptr),
+        SQLITE_OK);
   });
   EXPECT_EQ(destroyed.load(), 1);
   EXPECT_EQ(destroyed_on.load(), Tid());
@@ -482,8 +494,8 @@ TEST_F(Trampoline, FunctionReplacedWhileCallInFlight) {
   std::atomic<int> replace_rc{-1};
   OnWorker(A(), owner_, [&] {
     std::thread replacer([&] {
-      replace_rc = A()->create_function(db.get(), "sleep_udf", 1, 0, owner_, nullptr, Echo,
-                                        nullptr);
+      replace_rc =
+          A()->create_function(db.get(), "sleep_udf", 1, 0, owner_, nullptr, Echo, nullptr);
     });
     rows = db.Rows("SELECT sleep_udf(30)");
     replacer.join();
@@ -524,8 +536,7 @@ TEST_F(Trampoline, BadArgumentsAreRefusedWithMessages) {
   safeconc_owner* o = nullptr;
   EXPECT_EQ(a->owner_open(nullptr, nullptr, &o), SQLITE_MISUSE);
   EXPECT_NE(std::string(a->errmsg()).find("hook is NULL"), std::string::npos);
-  EXPECT_EQ(a->create_function(nullptr, "f", 1, 0, owner_, nullptr, Count, nullptr),
-            SQLITE_MISUSE);
+  EXPECT_EQ(a->create_function(nullptr, "f", 1, 0, owner_, nullptr, Count, nullptr), SQLITE_MISUSE);
   EXPECT_EQ(a->create_function(db.get(), nullptr, 1, 0, owner_, nullptr, Count, nullptr),
             SQLITE_MISUSE);
   EXPECT_EQ(a->create_function(db.get(), "f", 200, 0, owner_, nullptr, Count, nullptr),
@@ -541,9 +552,10 @@ TEST_F(Trampoline, BadArgumentsAreRefusedWithMessages) {
                              nullptr, nullptr),
             SQLITE_MISUSE);
   int not_an_owner = 0;
-  EXPECT_EQ(a->create_function(db.get(), "f", 1, 0, reinterpret_cast<safeconc_owner*>(&not_an_owner),
-                               nullptr, Count, nullptr),
-            SQLITE_MISUSE);
+  EXPECT_EQ(
+      a->create_function(db.get(), "f", 1, 0, reinterpret_cast<safeconc_owner*>(&not_an_owner),
+                         nullptr, Count, nullptr),
+      SQLITE_MISUSE);
   EXPECT_NE(std::string(a->errmsg()).find("not an owner"), std::string::npos);
   // drain and close belong to the owner thread.
   std::thread other([&] {
@@ -567,17 +579,13 @@ TEST(TrampolineStress, EightWorkersTwoOwnersFourConnections) {
   std::vector<std::unique_ptr<sctest::Db>> conns;
   for (int i = 0; i < 4; ++i) {
     conns.push_back(std::make_unique<sctest::Db>("file:" + dir.File("s.db")));
-    ASSERT_EQ(A()->create_function(conns.back()->get(), "plus_one_a", 1, 0, o1.owner(), nullptr,
-                                   [](safeconc_ctx* c) {
-                                     A()->result_int64(c, A()->arg_int64(c, 0) + 1);
-                                   },
-                                   nullptr),
+    ASSERT_EQ(A()->create_function(
+                  conns.back()->get(), "plus_one_a", 1, 0, o1.owner(), nullptr,
+                  [](safeconc_ctx* c) { A()->result_int64(c, A()->arg_int64(c, 0) + 1); }, nullptr),
               SQLITE_OK);
-    ASSERT_EQ(A()->create_function(conns.back()->get(), "plus_one_b", 1, 0, o2.owner(), nullptr,
-                                   [](safeconc_ctx* c) {
-                                     A()->result_int64(c, A()->arg_int64(c, 0) + 1);
-                                   },
-                                   nullptr),
+    ASSERT_EQ(A()->create_function(
+                  conns.back()->get(), "plus_one_b", 1, 0, o2.owner(), nullptr,
+                  [](safeconc_ctx* c) { A()->result_int64(c, A()->arg_int64(c, 0) + 1); }, nullptr),
               SQLITE_OK);
   }
   constexpr int kRows = 100000;
@@ -588,9 +596,10 @@ TEST(TrampolineStress, EightWorkersTwoOwnersFourConnections) {
   for (int w = 0; w < 8; ++w) {
     workers.emplace_back([&, w] {
       const std::string f = w % 2 ? "plus_one_a" : "plus_one_b";
-      const std::string sql = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
-                              "WHERE i < " + std::to_string(kRows) + ") SELECT sum(" + f +
-                              "(i)) FROM c";
+      const std::string sql =
+          "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+          "WHERE i < " +
+          std::to_string(kRows) + ") SELECT sum(" + f + "(i)) FROM c";
       std::lock_guard<std::mutex> l(conn_mu[w % 4]);  // two workers share each connection
       if (conns[static_cast<size_t>(w % 4)]->Text(sql) != expect) ++wrong;
     });
