@@ -9,6 +9,7 @@ SQLITE_EXTENSION_INIT3
 #include <string>
 
 #include "ext/internal.h"
+#include "ext/trampoline.h"
 #include "safeconc_version.h"
 #include "vfs/json.h"
 #include "vfs/knobs.h"
@@ -32,6 +33,7 @@ void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
     w.BeginObject().Field("version", std::string(SAFECONC_VERSION));
     WriteVfsJson(w);
     Registry::Get().WriteProcessJson(w);
+    WriteUdfJson(w);
     w.EndObject();
     ResultString(ctx, w.str());
   } catch (...) {
