@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -188,17 +190,7 @@ int main(int argc, char** argv) {
   }
   char tmpl[] = "/tmp/safeconc-bench-XXXXXX";
   g_dir = mkdtemp(tmpl);
-  {
-    sqlite3* db = nullptr;
-    sqlite3_open(":memory:", &db);
-    sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1, nullptr);
-    char* err = nullptr;
-    if (sqlite3_load_extension(db, SAFECONC_SO_PATH, nullptr, &err) != SQLITE_OK) {
-      std::fprintf(stderr, "cannot load %s: %s\n", SAFECONC_SO_PATH, err ? err : "?");
-      return 1;
-    }
-    sqlite3_close(db);
-  }
+  if (!LoadSafeconc()) return 1;
 
   std::printf("Single connection, no contention (WAL, synchronous=OFF; best of 5 runs)\n");
   std::printf("  %-28s %10s %12s %7s\n", "statement", "unix ns", "safeconc ns", "ratio");

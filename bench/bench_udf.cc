@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "safeconc.h"
 
 namespace {
@@ -178,14 +179,9 @@ Latency Dispatched(sqlite3* db, bool fd_kind, int n) {
 }  // namespace
 
 int main() {
+  if (!LoadSafeconc()) return 1;
   sqlite3* db = nullptr;
   sqlite3_open(":memory:", &db);
-  sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1, nullptr);
-  char* err = nullptr;
-  if (sqlite3_load_extension(db, SAFECONC_SO_PATH, nullptr, &err) != SQLITE_OK) {
-    std::fprintf(stderr, "cannot load %s: %s\n", SAFECONC_SO_PATH, err ? err : "?");
-    return 1;
-  }
   void* so = dlopen(SAFECONC_SO_PATH, RTLD_NOW | RTLD_NOLOAD);
   g_api = static_cast<const safeconc_api_v1*>(
       reinterpret_cast<safeconc_api_fn>(dlsym(so, SAFECONC_API_SYMBOL))(1));

@@ -477,34 +477,46 @@ TEST_F(Trampoline, ConnectionClosedWhileCallInFlight) {
   EXPECT_EQ(destroyed.load(), 1);
 }
 
-// A function replaced while a call of it is in flight: the replacement waits for the
-// statement (SQLite's own rule), the old function's data stays alive until that call is
-// done, and then is destroyed once.
+// A function replaced while a call of it is in flight: SQLite refuses the replacement while
+// the statement is active (SQLITE_BUSY, its own rule), the function's data stays alive and
+// the function keeps working; once the statement is done the replacement succeeds and the
+// old data is destroyed once, on the owner thread. Would catch a Func freed while a task
+// still uses it (ASan) or a destructor run twice.
 TEST_F(Trampoline, FunctionReplacedWhileCallInFlight) {
   static std::atomic<int> destroyed{0};
   destroyed = 0;
   sctest::Db db(uri_);
-  ASSERT_EQ(A()->create_function(db.get(), "sleep_udf", 1, 0, owner_, new int(7), SleepUdf,
+  ASSERT_EQ(A()->create_function(db.get(), "f", 1, 0, owner_, new int(7), Echo,
                                  [](void* p) {
                                    delete static_cast<int*>(p);
                                    ++destroyed;
                                  }),
             SQLITE_OK);
-  std::vector<std::string> rows;
-  std::atomic<int> replace_rc{-1};
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db.get(), "SELECT f(2)", -1, &st, nullptr), SQLITE_OK);
+  std::atomic<int> via_sqlite{-1}, via_api{-1};
+  std::string api_error;
   OnWorker(A(), owner_, [&] {
-    std::thread replacer([&] {
-      replace_rc =
-          A()->create_function(db.get(), "sleep_udf", 1, 0, owner_, nullptr, Echo, nullptr);
-    });
-    rows = db.Rows("SELECT sleep_udf(30)");
-    replacer.join();
+    // A dispatched call has run; the statement is still active.
+    EXPECT_EQ(sqlite3_step(st), SQLITE_ROW);
+    via_sqlite =
+        sqlite3_create_function(db.get(), "f", 1, SQLITE_UTF8, nullptr, nullptr, nullptr, nullptr);
+    via_api = A()->create_function(db.get(), "f", 1, 0, owner_, nullptr, Echo, nullptr);
+    api_error = A()->errmsg();
   });
-  EXPECT_EQ(rows, std::vector<std::string>{"30"});
-  EXPECT_EQ(replace_rc.load(), SQLITE_OK) << A()->errmsg();
+  EXPECT_EQ(via_sqlite.load(), SQLITE_BUSY) << db.error();
+  EXPECT_EQ(via_api.load(), SQLITE_BUSY);
+  EXPECT_NE(api_error.find("active statements"), std::string::npos) << api_error;
+  EXPECT_EQ(destroyed.load(), 0) << "destroyed while a statement still uses it";
+  EXPECT_EQ(sqlite3_step(st), SQLITE_DONE);  // the old function still works
+  sqlite3_finalize(st);
+  // After the statement: replaced, the old data destroyed once on this (the owner) thread.
+  EXPECT_EQ(A()->create_function(db.get(), "f", 1, 0, owner_, nullptr, SleepUdf, nullptr),
+            SQLITE_OK)
+      << A()->errmsg();
   A()->owner_drain(owner_, 0);
   EXPECT_EQ(destroyed.load(), 1);
-  EXPECT_EQ(db.Text("SELECT sleep_udf('now echo')"), "now echo");
+  EXPECT_EQ(db.Text("SELECT f(3)"), "3");
 }
 
 // in_callback(db) is true exactly while a host callback of db runs, in both paths.
