@@ -64,13 +64,15 @@ struct HotTls {
 };
 __attribute__((tls_model("initial-exec"))) thread_local HotTls t_hot;
 
-HotTls& Hot() {
+[[gnu::noinline]] void InitHot(HotTls& h) {
+  h.tid = CurrentThreadId();
+  thread_local DirectCounter counter;  // folds its count in when the thread exits
+  h.direct = &counter.n;
+}
+
+inline HotTls& Hot() {
   HotTls& h = t_hot;
-  if (h.tid == 0) {
-    h.tid = CurrentThreadId();
-    thread_local DirectCounter counter;  // folds its count in when the thread exits
-    h.direct = &counter.n;
-  }
+  if (__builtin_expect(h.tid == 0, 0)) InitHot(h);  // first call on this thread
   return h;
 }
 uint64_t DirectTotal() {
@@ -482,12 +484,15 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
   ReleaseTask(t);
 }
 
-inline void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv, CallKind kind) {
+// The kind is a template parameter so each entry point (xFunc, xStep, ...) compiles to a
+// straight line: no switch on the hot path.
+template <CallKind kind>
+inline void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv) {
   FuncHolder* h = static_cast<FuncHolder*>(sqlite3_user_data(sctx));
   Func* f = h->f;
   Owner* o = h->owner;
   void** slot = nullptr;
-  if (kind != CallKind::kScalar) {
+  if constexpr (kind != CallKind::kScalar) {
     slot = static_cast<void**>(sqlite3_aggregate_context(sctx, sizeof(void*)));
     if (slot == nullptr) {
       sqlite3_result_error_nomem(sctx);
@@ -510,14 +515,18 @@ inline void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv, CallKind
   c.agg_slot = slot;
   hot.direct->store(hot.direct->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   InCallbackScope scope(hot, f->db);
-  Invoke(f, kind, &c);
+  if constexpr (kind == CallKind::kScalar) {
+    f->fn(&c);
+  } else {
+    Invoke(f, kind, &c);
+  }
 }
 
-void XFunc(sqlite3_context* c, int n, sqlite3_value** v) { Call(c, n, v, CallKind::kScalar); }
-void XStep(sqlite3_context* c, int n, sqlite3_value** v) { Call(c, n, v, CallKind::kStep); }
-void XFinal(sqlite3_context* c) { Call(c, 0, nullptr, CallKind::kFinal); }
-void XValue(sqlite3_context* c) { Call(c, 0, nullptr, CallKind::kValue); }
-void XInverse(sqlite3_context* c, int n, sqlite3_value** v) { Call(c, n, v, CallKind::kInverse); }
+void XFunc(sqlite3_context* c, int n, sqlite3_value** v) { Call<CallKind::kScalar>(c, n, v); }
+void XStep(sqlite3_context* c, int n, sqlite3_value** v) { Call<CallKind::kStep>(c, n, v); }
+void XFinal(sqlite3_context* c) { Call<CallKind::kFinal>(c, 0, nullptr); }
+void XValue(sqlite3_context* c) { Call<CallKind::kValue>(c, 0, nullptr); }
+void XInverse(sqlite3_context* c, int n, sqlite3_value** v) { Call<CallKind::kInverse>(c, n, v); }
 
 // SQLite deletes the function (replaced, deleted, connection closed, or registration
 // failed): the host's destructor runs on the owner thread, now if this is it, else posted.
