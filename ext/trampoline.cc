@@ -213,6 +213,14 @@ void ReleaseTask(Task* t) {
 void RunTask(Task* t) {
   Owner* o = t->owner.get();
   if (o->hook != nullptr) o->TaskStarted(t);
+  if (!o->OnOwnerThread()) {
+    // A binding bug (its hook ran the task elsewhere): running the callback here is the very
+    // crash this library exists to prevent. Fail the call instead.
+    FailQueued(t, "task_run was called off the owner thread of " + o->Name() +
+                      " (the dispatch hook must run tasks on the owner thread)");
+    ReleaseTask(t);
+    return;
+  }
   bool run = false;
   {
     std::lock_guard<std::mutex> l(t->mu);

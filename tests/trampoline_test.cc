@@ -390,6 +390,23 @@ TEST_F(Trampoline, HookOwnerCloseWithTasksInHostLoop) {
   }
   ok.join();
   EXPECT_EQ(value, "7");
+  // A hook whose loop runs the task on the wrong thread: the call fails, the host is not run.
+  std::string wrong;
+  std::thread off([&] {
+    if (db.Exec("SELECT count_calls(10)") != SQLITE_OK) wrong = db.error();
+  });
+  safeconc_task* stray = nullptr;
+  for (; stray == nullptr; std::this_thread::yield()) {
+    std::lock_guard<std::mutex> g(loop.mu);
+    if (!loop.tasks.empty()) {
+      stray = loop.tasks.back();
+      loop.tasks.pop_back();
+    }
+  }
+  std::thread([&] { A()->task_run(stray); }).join();
+  off.join();
+  EXPECT_NE(wrong.find("off the owner thread"), std::string::npos) << wrong;
+  EXPECT_EQ(g_calls.load(), 1);
   // A task stays in the host's loop; the owner closes; the worker is released.
   std::string err;
   std::thread waiting([&] {
