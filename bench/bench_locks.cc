@@ -1,5 +1,6 @@
-// bench_locks.cc - write contention: stock SQLite vs an application mutex vs libsafeconc,
-// measured side by side in one run, plus the single-connection overhead of the shim.
+// bench_locks.cc - write contention: stock SQLite vs an application mutex vs an application
+// FIFO lock vs libsafeconc, measured side by side in one run, plus the single-connection
+// overhead of the shim.
 //
 // Each cell: T threads, one connection each, for a fixed wall time each thread runs
 // BEGIN IMMEDIATE; INSERT; <work>; COMMIT. Every peer sets sqlite3_busy_timeout(5000) after
@@ -7,19 +8,29 @@
 // not the disk (the shim never changes durability settings; the benchmark chooses this).
 //   stock        file:...?vfs=unix
 //   app mutex    the same, with one std::mutex per database held around each transaction
+//                (it lets the releasing thread take it again at once: fast, and unfair)
+//   app fifo     the same, with a first-come-first-served lock instead: the cost of fairness
+//                itself, with no VFS in the way (the floor for any fair coordinator)
 //   libsafeconc  the default VFS after loading (safeconc); its busy timeout sleeps through the
 //                shim's xSleep, which wakes on release
 // Printed: transactions/s, latency p50/p99/max (ms), failures, and for libsafeconc the
-// coordinator's release-to-grant latency; ratios are against stock and the mutex, same run.
+// coordinator's release-to-grant latency; ratios are against the other peers, same run. "cpu"
+// is cores busy on average (process CPU time / wall time): it tells a hand-over that waits
+// for a wake-up from one that burns CPU.
 //
 // Usage: bench_locks [--stats] [seconds-per-cell]   (default 1.0)
+// Focus a run with BENCH_JOURNAL=wal|delete, BENCH_WORK=0|200, BENCH_THREADS=4|16|64,
+// BENCH_PEER=stock|mutex|fifo|libsafeconc (skips the single-connection table).
 #include <sqlite3.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -31,17 +42,72 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum class Peer { kStock, kMutex, kSafeconc };
+enum class Peer { kStock, kMutex, kFifo, kSafeconc };
+constexpr int kPeers = 4;
 const char* PeerName(Peer p) {
-  return p == Peer::kStock ? "stock" : p == Peer::kMutex ? "app mutex" : "libsafeconc";
+  switch (p) {
+    case Peer::kStock:
+      return "stock";
+    case Peer::kMutex:
+      return "app mutex";
+    case Peer::kFifo:
+      return "app fifo";
+    case Peer::kSafeconc:
+      break;
+  }
+  return "libsafeconc";
 }
+
+// A first-come-first-served lock: each waiter parks on its own condition variable and the
+// releaser hands the lock to the oldest one directly (no barging).
+class FifoLock {
+ public:
+  void lock() {
+    std::unique_lock<std::mutex> l(mu_);
+    if (!held_ && waiters_.empty()) {
+      held_ = true;
+      return;
+    }
+    Waiter w;
+    waiters_.push_back(&w);
+    while (!w.granted) w.cv.wait(l);
+  }
+  void unlock() {
+    std::unique_lock<std::mutex> l(mu_);
+    if (waiters_.empty()) {
+      held_ = false;
+      return;
+    }
+    Waiter* w = waiters_.front();
+    waiters_.pop_front();
+    w->granted = true;  // held_ stays true: ownership passes to w
+    w->cv.notify_one();
+  }
+
+ private:
+  struct Waiter {
+    std::condition_variable cv;
+    bool granted = false;
+  };
+  std::mutex mu_;
+  bool held_ = false;
+  std::deque<Waiter*> waiters_;
+};
 
 struct Result {
   double tps = 0;
   double p50_ms = 0, p99_ms = 0, max_ms = 0;
   long failures = 0;
   long r2g_p50_us = -1, r2g_p99_us = -1;
+  double cpu = 0;  // cores busy on average during the cell (user + system time / wall)
 };
+
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
 
 std::string g_dir;
 bool g_print_stats = false;  // --stats: print the coordinator's JSON after each libsafeconc cell
@@ -83,6 +149,7 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
                nullptr, nullptr, nullptr);
 
   std::mutex app_mutex;
+  FifoLock app_fifo;
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::atomic<long> failures{0};
@@ -100,7 +167,9 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
       while (Clock::now() < stop) {
         const Clock::time_point t0 = Clock::now();
         std::unique_lock<std::mutex> l(app_mutex, std::defer_lock);
+        std::unique_lock<FifoLock> f(app_fifo, std::defer_lock);
         if (peer == Peer::kMutex) l.lock();
+        if (peer == Peer::kFifo) f.lock();
         bool ok = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES(randomblob(64))",
                                nullptr, nullptr, nullptr) == SQLITE_OK;
         if (ok && work_us > 0) Spin(work_us);
@@ -110,17 +179,20 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
           failures.fetch_add(1);
         }
         if (l.owns_lock()) l.unlock();
+        if (f.owns_lock()) f.unlock();
         lat[t].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
       }
       sqlite3_close(db);
     });
   }
   while (ready.load() < threads) std::this_thread::yield();
+  const double cpu0 = CpuSeconds();
   start = Clock::now();
   stop = start + std::chrono::microseconds(static_cast<long>(seconds * 1e6));
   go.store(true);
   for (auto& th : pool) th.join();
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  const double cpu = (CpuSeconds() - cpu0) / wall;
 
   std::vector<double> all;
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
@@ -128,6 +200,7 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
   Result r;
   const long done = static_cast<long>(all.size());
   r.failures = failures.load();
+  r.cpu = cpu;
   r.tps = static_cast<double>(done - r.failures) / wall;
   if (!all.empty()) {
     r.p50_ms = all[all.size() / 2];
@@ -192,51 +265,69 @@ int main(int argc, char** argv) {
   g_dir = mkdtemp(tmpl);
   if (!LoadSafeconc()) return 1;
 
-  std::printf("Single connection, no contention (WAL, synchronous=OFF; best of 5 runs)\n");
-  std::printf("  %-28s %10s %12s %7s\n", "statement", "unix ns", "safeconc ns", "ratio");
-  for (bool write : {false, true}) {
-    const int n = write ? 20000 : 100000;
-    double best_unix = 1e18, best_safe = 1e18;
-    for (int rep = 0; rep < 5; ++rep) {
-      best_unix = std::min(best_unix, NsPerOp(false, write, n));
-      best_safe = std::min(best_safe, NsPerOp(true, write, n));
+  // The single-connection table is skipped when a peer filter focuses the run.
+  if (!std::getenv("BENCH_PEER")) {
+    std::printf("Single connection, no contention (WAL, synchronous=OFF; best of 5 runs)\n");
+    std::printf("  %-28s %10s %12s %7s\n", "statement", "unix ns", "safeconc ns", "ratio");
+    for (bool write : {false, true}) {
+      const int n = write ? 20000 : 100000;
+      double best_unix = 1e18, best_safe = 1e18;
+      for (int rep = 0; rep < 5; ++rep) {
+        best_unix = std::min(best_unix, NsPerOp(false, write, n));
+        best_safe = std::min(best_safe, NsPerOp(true, write, n));
+      }
+      std::printf("  %-28s %10.0f %12.0f %6.3fx\n",
+                  write ? "UPDATE one row (autocommit)" : "SELECT one row by rowid", best_unix,
+                  best_safe, best_safe / best_unix);
     }
-    std::printf("  %-28s %10.0f %12.0f %6.3fx\n",
-                write ? "UPDATE one row (autocommit)" : "SELECT one row by rowid", best_unix,
-                best_safe, best_safe / best_unix);
   }
 
   std::printf(
       "\nWrite contention: BEGIN IMMEDIATE; INSERT; <work>; COMMIT, %.1f s per cell,\n"
       "busy_timeout(5000) everywhere, synchronous=OFF\n",
       seconds);
-  const Peer peers[] = {Peer::kStock, Peer::kMutex, Peer::kSafeconc};
-  const char* only_journal = std::getenv("BENCH_JOURNAL");  // e.g. BENCH_JOURNAL=wal
+  const Peer peers[kPeers] = {Peer::kStock, Peer::kMutex, Peer::kFifo, Peer::kSafeconc};
+  // Filters for focused runs, e.g. BENCH_JOURNAL=wal BENCH_THREADS=16 BENCH_WORK=0.
+  const char* only_journal = std::getenv("BENCH_JOURNAL");
+  const char* only_threads = std::getenv("BENCH_THREADS");
+  const char* only_work = std::getenv("BENCH_WORK");
+  const char* only_peer = std::getenv("BENCH_PEER");
   for (const char* journal : {"wal", "delete"}) {
     if (only_journal && std::string(only_journal) != journal) continue;
     for (int work_us : {0, 200}) {
+      if (only_work && std::atoi(only_work) != work_us) continue;
       std::printf("\n%s journal, work in transaction %d us\n",
                   std::string(journal) == "wal" ? "WAL" : "rollback", work_us);
-      std::printf("  %7s %-12s %9s %8s %8s %9s %8s %12s %9s %9s\n", "threads", "peer", "tx/s",
-                  "p50 ms", "p99 ms", "max ms", "failed", "r2g p50/p99", "vs stock", "vs mutex");
+      std::printf("  %7s %-12s %9s %8s %8s %9s %8s %5s %12s %9s %9s %9s\n", "threads", "peer",
+                  "tx/s", "p50 ms", "p99 ms", "max ms", "failed", "cpu", "r2g p50/p99", "vs stock",
+                  "vs mutex", "vs fifo");
       for (int threads : {4, 16, 64}) {
-        Result res[3];
-        for (int i = 0; i < 3; ++i) res[i] = RunCell(peers[i], journal, threads, work_us, seconds);
-        for (int i = 0; i < 3; ++i) {
+        if (only_threads && std::atoi(only_threads) != threads) continue;
+        Result res[kPeers];
+        bool run[kPeers];
+        for (int i = 0; i < kPeers; ++i) {
+          run[i] =
+              !only_peer || std::string(PeerName(peers[i])).find(only_peer) != std::string::npos;
+          if (run[i]) res[i] = RunCell(peers[i], journal, threads, work_us, seconds);
+        }
+        for (int i = 0; i < kPeers; ++i) {
+          if (!run[i]) continue;
           char r2g[32] = "-";
           if (res[i].r2g_p50_us >= 0) {
             std::snprintf(r2g, sizeof r2g, "%ld/%ld us", res[i].r2g_p50_us, res[i].r2g_p99_us);
           }
-          char vs_stock[16] = "", vs_mutex[16] = "";
+          // libsafeconc's throughput against each other peer that ran.
+          char vs[3][16] = {"", "", ""};
           if (peers[i] == Peer::kSafeconc) {
-            std::snprintf(vs_stock, sizeof vs_stock, "%.2fx",
-                          res[i].tps / std::max(1.0, res[0].tps));
-            std::snprintf(vs_mutex, sizeof vs_mutex, "%.2fx",
-                          res[i].tps / std::max(1.0, res[1].tps));
+            for (int k = 0; k < 3; ++k) {
+              if (run[k]) {
+                std::snprintf(vs[k], sizeof vs[k], "%.2fx", res[i].tps / std::max(1.0, res[k].tps));
+              }
+            }
           }
-          std::printf("  %7d %-12s %9.0f %8.2f %8.2f %9.1f %8ld %12s %9s %9s\n", threads,
+          std::printf("  %7d %-12s %9.0f %8.2f %8.2f %9.1f %8ld %5.2f %12s %9s %9s %9s\n", threads,
                       PeerName(peers[i]), res[i].tps, res[i].p50_ms, res[i].p99_ms, res[i].max_ms,
-                      res[i].failures, r2g, vs_stock, vs_mutex);
+                      res[i].failures, res[i].cpu, r2g, vs[0], vs[1], vs[2]);
         }
       }
     }
