@@ -288,6 +288,7 @@ bool Owner::Dispatch(Task* t, std::string* why) {
       tail_ = t;
     } else {
       in_host_.push_back(t);
+      ++hooks_running_;
     }
   }
   if (hook == nullptr) {
@@ -299,12 +300,13 @@ bool Owner::Dispatch(Task* t, std::string* why) {
     return true;
   }
   const int rc = hook(hook_arg, reinterpret_cast<safeconc_task*>(t));
-  if (rc == 0) return true;
-  // Refused: the hook will never run it. Take it back unless close() already failed it.
   {
     std::lock_guard<std::mutex> l(mu_);
-    ForgetInHost(t);
+    // Refused: the hook will never run it. Take it back unless close() already failed it.
+    if (rc != 0) ForgetInHost(t);
+    if (--hooks_running_ == 0) hooks_done_.notify_all();
   }
+  if (rc == 0) return true;
   *why =
       "the dispatch hook of " + Name() + " refused the call (returned " + std::to_string(rc) + ")";
   return false;
@@ -347,6 +349,14 @@ void Owner::Close() {
     closed_.store(true, std::memory_order_release);
     queued = head_;
     head_ = tail_ = nullptr;
+  }
+  {
+    // A worker may be inside the hook right now (it checked closed_ before we set it). Wait
+    // for it to return: the binding frees the hook's resources after owner_close, and hooks
+    // never wait for the owner thread, so this wait is short. Only then is in_host_ final (a
+    // refused task leaves it, and its worker fails it).
+    std::unique_lock<std::mutex> l(mu_);
+    hooks_done_.wait(l, [this] { return hooks_running_ == 0; });
     in_host = in_host_;  // the host's loop still holds these; it runs (or drops) them later
   }
   const std::string why = Name() + " was closed before it ran the call";

@@ -92,6 +92,10 @@ class Owner {
   Task* tail_ = nullptr;
   std::vector<Task*> in_host_;  // hook kind: tasks handed to the hook, not yet run
   void ForgetInHost(Task* t);   // requires mu_
+  // Hook calls in progress (guarded by mu_). Close() waits for them to return, so after it
+  // the binding may free whatever the hook uses (hook_arg, a threadsafe function...).
+  int hooks_running_ = 0;
+  std::condition_variable hooks_done_;
 };
 
 // A registered function.

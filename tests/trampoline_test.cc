@@ -435,6 +435,41 @@ TEST_F(Trampoline, HookOwnerCloseWithTasksInHostLoop) {
   A()->owner_close(refusing);
 }
 
+// owner_close waits for a hook call in progress: a worker that checked the owner before it
+// closed may be inside the hook, and the binding frees what the hook uses (its hook_arg, a
+// napi threadsafe function) right after owner_close. Would catch a close that returns while
+// the hook still runs (the hook then touches freed memory in a real binding).
+TEST_F(Trampoline, OwnerCloseWaitsForHookInProgress) {
+  struct Gate {
+    std::atomic<bool> entered{false};
+    std::atomic<bool> release{false};
+    std::atomic<bool> returned{false};
+  } gate;
+  auto hook = [](void* arg, safeconc_task*) {
+    Gate* g = static_cast<Gate*>(arg);
+    g->entered = true;
+    while (!g->release) std::this_thread::yield();
+    g->returned = true;
+    return 1;  // refuse: the worker fails the call itself
+  };
+  safeconc_owner* owner = nullptr;
+  ASSERT_EQ(A()->owner_open(hook, &gate, &owner), SQLITE_OK);
+  sctest::Db db(uri_);
+  ASSERT_EQ(A()->create_function(db.get(), "count_calls", 1, 0, owner, nullptr, Count, nullptr),
+            SQLITE_OK);
+  std::thread worker([&] { EXPECT_NE(db.Exec("SELECT count_calls(1)"), SQLITE_OK); });
+  while (!gate.entered) std::this_thread::yield();
+  // Let the hook return only well after owner_close started waiting for it.
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    gate.release = true;
+  });
+  ASSERT_EQ(A()->owner_close(owner), SQLITE_OK);
+  EXPECT_TRUE(gate.returned.load()) << "owner_close returned while the hook was still running";
+  releaser.join();
+  worker.join();
+}
+
 // The user data's destructor runs on the owner thread, also when SQLite drops the function
 // on another thread (replaced there, or the connection closed there).
 TEST_F(Trampoline, DestructorRunsOnOwnerThread) {
