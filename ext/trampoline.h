@@ -66,8 +66,7 @@ class Owner {
   void* const hook_arg;
   const int fd;  // eventfd of the fd kind, else -1
 
-  Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd)
-      : id(id_), tid(tid_), hook(h), hook_arg(arg), fd(efd) {}
+  Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd);
   ~Owner();
 
   bool OnOwnerThread() const;

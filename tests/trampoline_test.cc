@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -639,16 +640,22 @@ TEST_F(Trampoline, BadArgumentsAreRefusedWithMessages) {
 TEST(TrampolineStress, EightWorkersTwoOwnersFourConnections) {
   ASSERT_NE(A(), nullptr);
   sctest::TempDir dir;
-  sctest::OwnerThread o1(A()), o2(A());
+  sctest::Db stats_db(":memory:");
+  auto gauge = [&](const char* name) {
+    return stats_db.Int(std::string("SELECT json_extract(safeconc_stats(), '$.udf.") + name + "')");
+  };
+  const int64_t owners_before = gauge("owners_open");
+  std::optional<sctest::OwnerThread> o1(A()), o2(A());
+  EXPECT_EQ(gauge("owners_open"), owners_before + 2);
   std::vector<std::unique_ptr<sctest::Db>> conns;
   for (int i = 0; i < 4; ++i) {
     conns.push_back(std::make_unique<sctest::Db>("file:" + dir.File("s.db")));
     ASSERT_EQ(A()->create_function(
-                  conns.back()->get(), "plus_one_a", 1, 0, o1.owner(), nullptr,
+                  conns.back()->get(), "plus_one_a", 1, 0, o1->owner(), nullptr,
                   [](safeconc_ctx* c) { A()->result_int64(c, A()->arg_int64(c, 0) + 1); }, nullptr),
               SQLITE_OK);
     ASSERT_EQ(A()->create_function(
-                  conns.back()->get(), "plus_one_b", 1, 0, o2.owner(), nullptr,
+                  conns.back()->get(), "plus_one_b", 1, 0, o2->owner(), nullptr,
                   [](safeconc_ctx* c) { A()->result_int64(c, A()->arg_int64(c, 0) + 1); }, nullptr),
               SQLITE_OK);
   }
@@ -670,6 +677,11 @@ TEST(TrampolineStress, EightWorkersTwoOwnersFourConnections) {
   }
   for (auto& t : workers) t.join();
   EXPECT_EQ(wrong.load(), 0);
+  // Nothing leaked: every task went back to the pool, both owners are counted closed.
+  EXPECT_EQ(gauge("tasks_in_use"), 0);
+  o1.reset();
+  o2.reset();
+  EXPECT_EQ(gauge("owners_open"), owners_before);
 }
 
 }  // namespace
