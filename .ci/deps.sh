@@ -16,6 +16,9 @@ deps=(
   "libsqlite3-dev:file:/usr/include/sqlite3.h"
   "libgtest-dev:file:/usr/include/gtest/gtest.h"
   "python3:file:/usr/bin/python3"
+  "nodejs:cmd:node"
+  # N-API headers: nodesource's nodejs ships them; with Debian's nodejs they are in libnode-dev.
+  "libnode-dev:file:/usr/include/node/node_api.h"
 )
 missing=()
 for d in "${deps[@]}"; do

@@ -24,6 +24,9 @@ namespace {
 // ---- Stats ------------------------------------------------------------------------------
 // Counters: relaxed atomics, each an independent count. The histogram: under g_stats_mu.
 std::atomic<uint64_t> g_dispatched{0}, g_timeouts{0}, g_failed{0};
+// Gauges for leak checks: owners opened and not closed; tasks taken from the pool and not
+// returned (in flight, or held by a host loop that has not run them yet).
+std::atomic<int64_t> g_owners_open{0}, g_tasks_in_use{0};
 std::mutex g_stats_mu;
 
 // Direct calls are counted per thread (a shared counter would cost a locked instruction on
@@ -182,6 +185,7 @@ void CopiedValue::Set(sqlite3_value* v) {
 // ---- Tasks ----------------------------------------------------------------------------------
 
 Task* AcquireTask() {
+  g_tasks_in_use.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> l(g_pool_mu);
     auto& pool = Pool();
@@ -206,6 +210,7 @@ void ReleaseTask(Task* t) {
   t->error_code = 0;
   t->error.clear();
   t->next = nullptr;
+  g_tasks_in_use.fetch_sub(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> l(g_pool_mu);
   Pool().push_back(t);
 }
@@ -256,7 +261,14 @@ void RunTask(Task* t) {
 
 // ---- Owners -----------------------------------------------------------------------------------
 
+Owner::Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd)
+    : id(id_), tid(tid_), hook(h), hook_arg(arg), fd(efd) {
+  g_owners_open.fetch_add(1, std::memory_order_relaxed);
+}
+
 Owner::~Owner() {
+  if (!closed_.load(std::memory_order_relaxed))
+    g_owners_open.fetch_sub(1, std::memory_order_relaxed);
   if (fd >= 0) ::close(fd);
 }
 
@@ -288,6 +300,7 @@ bool Owner::Dispatch(Task* t, std::string* why) {
       tail_ = t;
     } else {
       in_host_.push_back(t);
+      ++hooks_running_;
     }
   }
   if (hook == nullptr) {
@@ -299,12 +312,13 @@ bool Owner::Dispatch(Task* t, std::string* why) {
     return true;
   }
   const int rc = hook(hook_arg, reinterpret_cast<safeconc_task*>(t));
-  if (rc == 0) return true;
-  // Refused: the hook will never run it. Take it back unless close() already failed it.
   {
     std::lock_guard<std::mutex> l(mu_);
-    ForgetInHost(t);
+    // Refused: the hook will never run it. Take it back unless close() already failed it.
+    if (rc != 0) ForgetInHost(t);
+    if (--hooks_running_ == 0) hooks_done_.notify_all();
   }
+  if (rc == 0) return true;
   *why =
       "the dispatch hook of " + Name() + " refused the call (returned " + std::to_string(rc) + ")";
   return false;
@@ -345,8 +359,17 @@ void Owner::Close() {
     std::lock_guard<std::mutex> l(mu_);
     if (closed_.load(std::memory_order_relaxed)) return;
     closed_.store(true, std::memory_order_release);
+    g_owners_open.fetch_sub(1, std::memory_order_relaxed);
     queued = head_;
     head_ = tail_ = nullptr;
+  }
+  {
+    // A worker may be inside the hook right now (it checked closed_ before we set it). Wait
+    // for it to return: the binding frees the hook's resources after owner_close, and hooks
+    // never wait for the owner thread, so this wait is short. Only then is in_host_ final (a
+    // refused task leaves it, and its worker fails it).
+    std::unique_lock<std::mutex> l(mu_);
+    hooks_done_.wait(l, [this] { return hooks_running_ == 0; });
     in_host = in_host_;  // the host's loop still holds these; it runs (or drops) them later
   }
   const std::string why = Name() + " was closed before it ran the call";
@@ -617,6 +640,8 @@ void WriteUdfJson(JsonWriter& w) {
       .Field("calls_dispatched", static_cast<int64_t>(g_dispatched.load(std::memory_order_relaxed)))
       .Field("timeouts", static_cast<int64_t>(g_timeouts.load(std::memory_order_relaxed)))
       .Field("failed", static_cast<int64_t>(g_failed.load(std::memory_order_relaxed)))
+      .Field("owners_open", g_owners_open.load(std::memory_order_relaxed))
+      .Field("tasks_in_use", g_tasks_in_use.load(std::memory_order_relaxed))
       .Key("dispatch_us");
   {
     std::lock_guard<std::mutex> l(g_stats_mu);

@@ -66,8 +66,7 @@ class Owner {
   void* const hook_arg;
   const int fd;  // eventfd of the fd kind, else -1
 
-  Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd)
-      : id(id_), tid(tid_), hook(h), hook_arg(arg), fd(efd) {}
+  Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd);
   ~Owner();
 
   bool OnOwnerThread() const;
@@ -92,6 +91,10 @@ class Owner {
   Task* tail_ = nullptr;
   std::vector<Task*> in_host_;  // hook kind: tasks handed to the hook, not yet run
   void ForgetInHost(Task* t);   // requires mu_
+  // Hook calls in progress (guarded by mu_). Close() waits for them to return, so after it
+  // the binding may free whatever the hook uses (hook_arg, a threadsafe function...).
+  int hooks_running_ = 0;
+  std::condition_variable hooks_done_;
 };
 
 // A registered function.

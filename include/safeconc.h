@@ -84,7 +84,9 @@ typedef struct safeconc_api_v1 {
   ** the owner, runs destructors of functions already deleted, and makes the handle
   ** unusable (later calls with it fail with SQLITE_MISUSE). Functions still registered
   ** with it keep failing cleanly; their user data's destructor is not run once the owner
-  ** is closed (the runtime behind it may be gone): free such data in the host. */
+  ** is closed (the runtime behind it may be gone): free such data in the host. It returns
+  ** after any hook call in progress on another thread returned: from then on the hook and
+  ** hook_arg are never used again, and the binding may free them. */
   int (*owner_close)(safeconc_owner* owner);
   /* On the owner thread: runs a task handed to the dispatch hook (exactly once). */
   void (*task_run)(safeconc_task* task);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -435,6 +436,41 @@ TEST_F(Trampoline, HookOwnerCloseWithTasksInHostLoop) {
   A()->owner_close(refusing);
 }
 
+// owner_close waits for a hook call in progress: a worker that checked the owner before it
+// closed may be inside the hook, and the binding frees what the hook uses (its hook_arg, a
+// napi threadsafe function) right after owner_close. Would catch a close that returns while
+// the hook still runs (the hook then touches freed memory in a real binding).
+TEST_F(Trampoline, OwnerCloseWaitsForHookInProgress) {
+  struct Gate {
+    std::atomic<bool> entered{false};
+    std::atomic<bool> release{false};
+    std::atomic<bool> returned{false};
+  } gate;
+  auto hook = [](void* arg, safeconc_task*) {
+    Gate* g = static_cast<Gate*>(arg);
+    g->entered = true;
+    while (!g->release) std::this_thread::yield();
+    g->returned = true;
+    return 1;  // refuse: the worker fails the call itself
+  };
+  safeconc_owner* owner = nullptr;
+  ASSERT_EQ(A()->owner_open(hook, &gate, &owner), SQLITE_OK);
+  sctest::Db db(uri_);
+  ASSERT_EQ(A()->create_function(db.get(), "count_calls", 1, 0, owner, nullptr, Count, nullptr),
+            SQLITE_OK);
+  std::thread worker([&] { EXPECT_NE(db.Exec("SELECT count_calls(1)"), SQLITE_OK); });
+  while (!gate.entered) std::this_thread::yield();
+  // Let the hook return only well after owner_close started waiting for it.
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    gate.release = true;
+  });
+  ASSERT_EQ(A()->owner_close(owner), SQLITE_OK);
+  EXPECT_TRUE(gate.returned.load()) << "owner_close returned while the hook was still running";
+  releaser.join();
+  worker.join();
+}
+
 // The user data's destructor runs on the owner thread, also when SQLite drops the function
 // on another thread (replaced there, or the connection closed there).
 TEST_F(Trampoline, DestructorRunsOnOwnerThread) {
@@ -604,16 +640,22 @@ TEST_F(Trampoline, BadArgumentsAreRefusedWithMessages) {
 TEST(TrampolineStress, EightWorkersTwoOwnersFourConnections) {
   ASSERT_NE(A(), nullptr);
   sctest::TempDir dir;
-  sctest::OwnerThread o1(A()), o2(A());
+  sctest::Db stats_db(":memory:");
+  auto gauge = [&](const char* name) {
+    return stats_db.Int(std::string("SELECT json_extract(safeconc_stats(), '$.udf.") + name + "')");
+  };
+  const int64_t owners_before = gauge("owners_open");
+  std::optional<sctest::OwnerThread> o1(A()), o2(A());
+  EXPECT_EQ(gauge("owners_open"), owners_before + 2);
   std::vector<std::unique_ptr<sctest::Db>> conns;
   for (int i = 0; i < 4; ++i) {
     conns.push_back(std::make_unique<sctest::Db>("file:" + dir.File("s.db")));
     ASSERT_EQ(A()->create_function(
-                  conns.back()->get(), "plus_one_a", 1, 0, o1.owner(), nullptr,
+                  conns.back()->get(), "plus_one_a", 1, 0, o1->owner(), nullptr,
                   [](safeconc_ctx* c) { A()->result_int64(c, A()->arg_int64(c, 0) + 1); }, nullptr),
               SQLITE_OK);
     ASSERT_EQ(A()->create_function(
-                  conns.back()->get(), "plus_one_b", 1, 0, o2.owner(), nullptr,
+                  conns.back()->get(), "plus_one_b", 1, 0, o2->owner(), nullptr,
                   [](safeconc_ctx* c) { A()->result_int64(c, A()->arg_int64(c, 0) + 1); }, nullptr),
               SQLITE_OK);
   }
@@ -635,6 +677,11 @@ TEST(TrampolineStress, EightWorkersTwoOwnersFourConnections) {
   }
   for (auto& t : workers) t.join();
   EXPECT_EQ(wrong.load(), 0);
+  // Nothing leaked: every task went back to the pool, both owners are counted closed.
+  EXPECT_EQ(gauge("tasks_in_use"), 0);
+  o1.reset();
+  o2.reset();
+  EXPECT_EQ(gauge("owners_open"), owners_before);
 }
 
 }  // namespace
