@@ -480,6 +480,11 @@ struct Db {
   Work* running = nullptr;     // on the pool now
   std::deque<Work*> queue;     // waiting to run, in call order
   napi_ref wrapper = nullptr;  // weak, to the JS object
+  // Synchronous queries stepping on the JS thread now (nested ones, from UDFs of other
+  // connections, count too). Queued work waits for them: between two of their steps a pool
+  // thread could take the connection, dispatch a UDF to the JS thread and wait for it while
+  // the JS thread waits for the connection (stuck until safeconc_call_timeout).
+  int sync_running = 0;
   bool Busy() const { return running != nullptr || !queue.empty(); }
 };
 
@@ -657,7 +662,7 @@ void Complete(napi_env env, napi_status status, void* data) {  // the JS thread
 }
 
 void StartNext(napi_env env, Db* d) {
-  while (d->running == nullptr && !d->queue.empty()) {
+  while (d->running == nullptr && d->sync_running == 0 && !d->queue.empty()) {
     Work* w = d->queue.front();
     d->queue.pop_front();
     if (w->mode != Mode::kClose && d->db == nullptr) {
@@ -829,6 +834,11 @@ napi_value DbNew(napi_env env, napi_callback_info info) {
   }
 }
 
+// True while JS runs inside a UDF of d: the JS thread is stepping one of d's queries (only
+// that query's UDFs, and what they call, run then), or an async query's UDF of d is on the
+// stack (api->in_callback; it tracks 16 nested callbacks, the sync count has no limit).
+bool InUdfOf(Db* d) { return d->sync_running > 0 || (d->db && g_api->in_callback(d->db)); }
+
 bool Usable(napi_env env, Db* d) {
   if (d->db == nullptr || d->closing) {
     Throw(env, "the database is closed");
@@ -841,7 +851,7 @@ bool Usable(napi_env env, Db* d) {
 // one of its own UDFs right now (re-entering the running statement).
 bool SyncUsable(napi_env env, Db* d, const char* what) {
   if (!Usable(env, d)) return false;
-  if (g_api->in_callback(d->db)) {
+  if (InUdfOf(d)) {
     Throw(env, std::string(what) +
                    " was called from inside a user-defined function of this database: that "
                    "would re-enter the statement that is running it. Run it after the query "
@@ -888,7 +898,7 @@ napi_value DbQuery(napi_env env, napi_callback_info info) {
     napi_get_value_int32(env, argv[0], &mode);
     if (mode < 0 || mode > 4) return Throw(env, "bad mode");
     if (mode == static_cast<int>(Mode::kClose)) {
-      if (d->db && g_api->in_callback(d->db)) {
+      if (InUdfOf(d)) {
         return Throw(env,
                      "db.close() was called from inside a user-defined function of this "
                      "database; close it after the query finishes");
@@ -941,6 +951,14 @@ napi_value DbQuerySync(napi_env env, napi_callback_info info) {
     w.mode = static_cast<Mode>(mode);
     if (!GetString(env, argv[1], &w.sql)) return Throw(env, "SQL must be a string");
     if (argc > 2 && !ReadParams(env, argv[2], &w.params)) return nullptr;
+    struct SyncScope {  // queued work starts once the JS thread is done with the connection
+      napi_env env;
+      Db* d;
+      ~SyncScope() {
+        if (--d->sync_running == 0) StartNext(env, d);
+      }
+    } scope{env, d};
+    ++d->sync_running;
     RunStatement(d->db, &w);
     if (w.rc != SQLITE_OK) return Throw(env, w.error);
     return RowsToJs(env, &w);

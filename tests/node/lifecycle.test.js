@@ -59,6 +59,41 @@ test('re-entering the running statement from its UDF throws instead of crashing'
   await db.close();
 });
 
+// A synchronous query releases the connection between two steps. Work queued from one of its
+// UDFs must not start on the pool then: its UDF call would wait for the JS thread while the
+// JS thread waits for the connection, a stall of safeconc_call_timeout that fails the query.
+test('an async query started from a UDF of a synchronous query runs after it, without a stall', async () => {
+  const db = binding.open(`file:${file()}?safeconc_call_timeout=3000`);
+  let later;
+  db.function('f', (x) => {
+    if (x === 1) later = db.prepare('SELECT f(-5) AS v').get();
+    return x;
+  });
+  assert.equal(db.prepare(series(50000, 'sum(f(x)) AS s')).getSync().s, (50000 * 50001) / 2);
+  assert.deepEqual(await later, { v: -5 }); // not a "timed out" rejection
+  await db.close();
+});
+
+// in_callback() tracks 16 nested callbacks per thread; deeper ones must still be refused.
+test('close(), function() and SQL from a UDF nested 20 queries deep throw, not crash', async () => {
+  const dbs = Array.from({ length: 20 }, () => binding.open(file()));
+  const errors = [];
+  dbs.forEach((db, i) =>
+    db.function('down', () => {
+      if (i + 1 < dbs.length) return dbs[i + 1].prepare('SELECT down() AS v').getSync().v + 1;
+      for (const call of [() => db.function('down', () => 0), () => db.close(), () => db.prepare('SELECT 1').getSync()]) {
+        try { call(); errors.push('no error'); } catch (e) { errors.push(e.message); }
+      }
+      return 1;
+    }),
+  );
+  assert.deepEqual(dbs[0].prepare('SELECT down() AS v').getSync(), { v: 20 });
+  assert.equal(errors.length, 3);
+  for (const m of errors) assert.match(m, /from inside a user-defined function of this database/);
+  assert.deepEqual(await dbs[19].prepare('SELECT down() AS v').get(), { v: 1 }); // still open
+  await Promise.all(dbs.map((db) => db.close()));
+});
+
 test('synchronous calls on a connection with queries in flight throw instead of deadlocking', async () => {
   const db = binding.open(file());
   db.function('id', (x) => x);
