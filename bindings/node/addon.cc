@@ -21,6 +21,7 @@
 #include <node_api.h>
 #include <sqlite3.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +40,19 @@ namespace {
 const safeconc_api_v1* g_api = nullptr;  // set once, under g_load_mu, never changed after
 std::mutex g_load_mu;
 std::string g_load_error;
+
+// Live objects of this binding, process-wide (native.liveObjects(): the leak checks of the
+// tests). Each counted struct holds a Tally member.
+enum LiveKind { kLiveEnvs, kLiveDbs, kLiveFuncs, kLiveQueries, kLiveKinds };
+std::atomic<int64_t> g_live[kLiveKinds];
+
+struct Tally {
+  const LiveKind kind;
+  explicit Tally(LiveKind k) : kind(k) { g_live[kind].fetch_add(1, std::memory_order_relaxed); }
+  ~Tally() { g_live[kind].fetch_sub(1, std::memory_order_relaxed); }
+  Tally(const Tally&) = delete;
+  Tally& operator=(const Tally&) = delete;
+};
 
 // ---- Small N-API helpers ---------------------------------------------------------------
 
@@ -262,6 +276,7 @@ struct EnvState {
   std::set<Db*> dbs;                 // open connections of this environment
   std::set<FuncData*> funcs;         // registered functions not yet destroyed
   napi_ref database_ctor = nullptr;  // the Database class
+  Tally tally{kLiveEnvs};
 };
 
 // The dispatch hook: any thread. Hands the task to the JS thread; never waits for it.
@@ -286,6 +301,7 @@ struct FuncData {
   napi_ref start = nullptr;  // aggregate: a function returning the initial accumulator
   napi_ref step = nullptr;
   napi_ref result = nullptr;  // optional
+  Tally tally{kLiveFuncs};
 
   void Unref(napi_env env) {
     for (napi_ref* r : {&fn, &start, &step, &result}) {
@@ -485,6 +501,7 @@ struct Db {
   // thread could take the connection, dispatch a UDF to the JS thread and wait for it while
   // the JS thread waits for the connection (stuck until safeconc_call_timeout).
   int sync_running = 0;
+  Tally tally{kLiveDbs};
   bool Busy() const { return running != nullptr || !queue.empty(); }
 };
 
@@ -502,6 +519,7 @@ struct Work {
   std::vector<std::string> columns;
   std::vector<std::vector<Val>> rows;
   int64_t changes = 0, last_rowid = 0;
+  Tally tally{kLiveQueries};
 };
 
 // Runs one statement (or, for kExec, a script) to completion on the calling thread.
@@ -709,7 +727,12 @@ void FreeEnv(void* arg) {
   auto* slot = static_cast<std::shared_ptr<EnvState>*>(arg);
   EnvState* st = slot->get();
   st->closed = true;
-  for (FuncData* f : st->funcs) f->Unref(st->env);
+  // The owner is closed: the trampoline no longer calls their callbacks nor their
+  // destructor (DestroyFunc), so they are freed here.
+  for (FuncData* f : st->funcs) {
+    f->Unref(st->env);
+    delete f;
+  }
   st->funcs.clear();
   // Node waited for running pool work before cleanup hooks; queued work never started.
   for (Db* d : std::set<Db*>(st->dbs)) {
@@ -1017,6 +1040,18 @@ napi_value InUdf(napi_env env, napi_callback_info) {
   return r;
 }
 
+// native.liveObjects(): { environments, databases, functions, queries } alive in the process.
+napi_value LiveObjects(napi_env env, napi_callback_info) {
+  napi_value r, v;
+  NAPI_OK(napi_create_object(env, &r));
+  const char* names[kLiveKinds] = {"environments", "databases", "functions", "queries"};
+  for (int k = 0; k < kLiveKinds; ++k) {
+    NAPI_OK(napi_create_int64(env, g_live[k].load(std::memory_order_relaxed), &v));
+    NAPI_OK(napi_set_named_property(env, r, names[k], v));
+  }
+  return r;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   auto* slot = new std::shared_ptr<EnvState>(std::make_shared<EnvState>());
   (*slot)->env = env;
@@ -1039,6 +1074,9 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_value in_udf;
   NAPI_OK(napi_create_function(env, "inUdf", NAPI_AUTO_LENGTH, InUdf, nullptr, &in_udf));
   NAPI_OK(napi_set_named_property(env, exports, "inUdf", in_udf));
+  napi_value live;
+  NAPI_OK(napi_create_function(env, "liveObjects", NAPI_AUTO_LENGTH, LiveObjects, nullptr, &live));
+  NAPI_OK(napi_set_named_property(env, exports, "liveObjects", live));
   return exports;
 }
 

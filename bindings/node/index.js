@@ -171,4 +171,10 @@ function open(file, options) {
   return new Database(file, options);
 }
 
-module.exports = { open, Database, Statement };
+/** Objects of the binding alive in the process, for leak checks:
+ * { environments, databases, functions, queries } (every thread counted). */
+function liveObjects() {
+  return native.liveObjects();
+}
+
+module.exports = { open, Database, Statement, liveObjects };

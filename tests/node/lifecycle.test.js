@@ -117,28 +117,36 @@ test('a UDF whose JS thread stays blocked past safeconc_call_timeout fails the q
   await db.close();
 });
 
-// A worker thread opens its own database, starts async queries whose UDFs block the
-// worker's JS thread (Atomics.wait on memory nobody notifies), and is terminated while
-// pool threads wait for those calls. The process survives, the main thread's queries
-// (with their own UDFs) are unaffected, and nothing accumulates over repeats.
+// A worker thread opens three databases, starts on each an async query whose UDF blocks the
+// worker's JS thread (Atomics.wait on memory nobody notifies), and a second query queued
+// behind it, and is terminated while three pool threads wait for those calls: one running
+// in the worker, two handed to its threadsafe function and not run yet. The process
+// survives, the main thread's queries (with their own UDFs) are unaffected, and nothing
+// accumulates over repeats: the trampoline's owner and task gauges, and the binding's own
+// environments, connections, functions and queries, are back at their baseline.
 const workerSource = `
 const { parentPort, workerData } = require('node:worker_threads');
 const binding = require(workerData.binding);
-const db = binding.open(workerData.file);
 const block = new Int32Array(new SharedArrayBuffer(4));
 let entered = false;
-db.function('stuck', (x) => {
-  if (!entered) { entered = true; parentPort.postMessage('in-udf'); }
-  Atomics.wait(block, 0, 0); // until terminate() interrupts it
-  return x;
-});
-for (let i = 0; i < 3; i++) db.prepare('SELECT stuck(' + i + ')').get().catch(() => {});
+for (let k = 0; k < 3; k++) {
+  const db = binding.open(workerData.file + '-' + k);
+  db.function('stuck', (x) => {
+    if (!entered) { entered = true; parentPort.postMessage('in-udf'); }
+    Atomics.wait(block, 0, 0); // until terminate() interrupts it
+    return x;
+  });
+  db.aggregate('acc', { start: 0, step: (a, x) => a + x });
+  db.prepare('SELECT stuck(' + k + ')').get().catch(() => {});
+  db.prepare('SELECT acc(stuck(' + k + '))').get().catch(() => {});
+}
 `;
 
 test('worker.terminate() while its async queries wait on UDF calls', async () => {
   const main = binding.open(file());
   main.function('plus', (x) => x + 1);
   const before = await udfStats(main);
+  const liveBefore = binding.liveObjects();
   const bindingPath = require.resolve('../../bindings/node');
   for (let round = 0; round < 5; round++) {
     const w = new Worker(workerSource, { eval: true, workerData: { binding: bindingPath, file: file() } });
@@ -155,6 +163,8 @@ test('worker.terminate() while its async queries wait on UDF calls', async () =>
   // Each worker's owner was closed when it ended, and no task was left behind.
   assert.equal(after.owners_open, before.owners_open, JSON.stringify(after));
   assert.equal(after.tasks_in_use, 0, JSON.stringify(after));
+  // The workers' environments, connections, JS functions and queries were all freed.
+  assert.deepEqual(binding.liveObjects(), liveBefore);
   await main.close();
 });
 
