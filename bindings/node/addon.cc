@@ -1003,26 +1003,35 @@ napi_value Register(napi_env env, napi_callback_info info, bool aggregate) {
     if (!GetString(env, argv[0], &f->name)) return Throw(env, "the function name must be a string");
     napi_get_value_int32(env, argv[1], &nArg);
     napi_get_value_int32(env, argv[2], &flags);
-    int rc;
     if (!aggregate) {
       NAPI_OK(napi_create_reference(env, argv[3], 1, &f->fn));
-      rc = g_api->create_function(d->db, f->name.c_str(), nArg, flags, d->st->owner, f.get(),
-                                  ScalarCallback, DestroyFunc);
     } else {
       napi_valuetype t;
       NAPI_OK(napi_create_reference(env, argv[3], 1, &f->start));
       NAPI_OK(napi_create_reference(env, argv[4], 1, &f->step));
       napi_typeof(env, argv[5], &t);
       if (t == napi_function) NAPI_OK(napi_create_reference(env, argv[5], 1, &f->result));
-      rc = g_api->create_aggregate(d->db, f->name.c_str(), nArg, flags, d->st->owner, f.get(),
-                                   AggStep, AggFinal, DestroyFunc);
     }
+    // From here the data belongs to st->funcs: if SQLite refuses the function after the
+    // trampoline handed it over, SQLite runs its destructor (DestroyFunc, here: this is the
+    // owner thread), which takes it out of st->funcs and frees it. If the trampoline refused
+    // it first (bad arguments), it is still in st->funcs and is freed below.
+    const std::string name = f->name;
+    FuncData* raw = f.release();
+    d->st->funcs.insert(raw);
+    const int rc = aggregate
+                       ? g_api->create_aggregate(d->db, name.c_str(), nArg, flags, d->st->owner,
+                                                 raw, AggStep, AggFinal, DestroyFunc)
+                       : g_api->create_function(d->db, name.c_str(), nArg, flags, d->st->owner, raw,
+                                                ScalarCallback, DestroyFunc);
     if (rc != SQLITE_OK) {
-      // The trampoline did not take the user data (no destructor will run): free it here.
-      f->Unref(env);
-      return Throw(env, std::string("cannot register ") + f->name + ": " + g_api->errmsg());
+      const std::string msg = std::string("cannot register ") + name + ": " + g_api->errmsg();
+      if (d->st->funcs.erase(raw) != 0) {  // no destructor ran: nothing else has it
+        raw->Unref(env);
+        delete raw;
+      }
+      return Throw(env, msg);
     }
-    d->st->funcs.insert(f.release());
     return nullptr;
   } catch (const std::bad_alloc&) {
     return Throw(env, "out of memory");
