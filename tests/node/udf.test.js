@@ -33,20 +33,47 @@ test('4 concurrent async queries, each a JS UDF on 10k rows, while a timer keeps
   const dbs = [fresh(), fresh(), fresh(), fresh()];
   let calls = 0;
   dbs.forEach((db, i) => db.function('f', (x) => { calls++; return x * (i + 1); }));
-  let ticks = 0;
-  const timer = setInterval(() => ticks++, 1);
-  const ticksAtStart = ticks;
+  let pending = 0;
+  let ticksWhilePending = 0;
+  let callsAtFirstTick = -1;
+  const timer = setInterval(() => {
+    if (pending === 0) return;
+    ticksWhilePending++;
+    if (callsAtFirstTick < 0) callsAtFirstTick = calls;
+  }, 1);
   const results = await Promise.all(
-    dbs.map((db) => db.prepare(series(10000, 'sum(f(x)) AS s')).get()),
+    dbs.map((db) => {
+      pending++;
+      return db.prepare(series(10000, 'sum(f(x)) AS s')).get().finally(() => pending--);
+    }),
   );
   clearInterval(timer);
   const base = (10000 * 10001) / 2;
   assert.deepEqual(results.map((r) => r.s), [base, 2 * base, 3 * base, 4 * base]);
   assert.equal(calls, 40000);
-  // The event loop ran the timer between UDF calls: the JS thread was never blocked on the
-  // queries (a count, not a timing threshold).
-  assert.ok(ticks > ticksAtStart, `timer fired ${ticks - ticksAtStart} times`);
+  // The timer fired while the queries were still running, between their UDF calls: the JS
+  // thread kept running its event loop (counts, not a timing threshold).
+  assert.ok(ticksWhilePending > 0, 'the timer never fired while the queries ran');
+  assert.ok(callsAtFirstTick < 40000, `first tick after ${callsAtFirstTick} UDF calls`);
   await Promise.all(dbs.map((db) => db.close()));
+});
+
+test('async all() and run() step on the pool and call the JS UDF on the JS thread', async () => {
+  const db = fresh();
+  const threads = new Set();
+  db.function('sq', (x) => { threads.add(isMainThread); return x * x; });
+  await db.exec('CREATE TABLE t(x INTEGER)');
+  const before = (await udfStats(db)).calls_dispatched;
+  const ins = await db.prepare(`INSERT INTO t ${series(500, 'sq(x)')}`).run();
+  assert.deepEqual(ins, { changes: 500, lastInsertRowid: 500 });
+  const rows = await db.prepare('SELECT sq(x) AS y FROM t WHERE x <= 16 ORDER BY x').all();
+  assert.deepEqual(rows.map((r) => r.y), [1, 16, 81, 256]); // sq(sq(k)) for k = 1..4
+  assert.deepEqual(await db.prepare('SELECT x FROM t WHERE x < 0').all(), []);
+  assert.deepEqual([...threads], [true]);
+  const udf = await udfStats(db);
+  // Every call went through the trampoline's dispatched path (stepped on a pool thread).
+  assert.ok(udf.calls_dispatched - before >= 504, JSON.stringify(udf));
+  await db.close();
 });
 
 test('several queries on one connection run in call order, each with its UDF calls', async () => {
