@@ -768,7 +768,9 @@ bool LoadLibrary(const std::string& so, std::string* why) {
     return false;
   }
   sqlite3_close(tmp);
+  // sqlite3_load_extension appends ".so" to a path that fails as given: find it the same way.
   void* h = dlopen(so.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) h = dlopen((so + ".so").c_str(), RTLD_NOW | RTLD_NOLOAD);
   auto fn = h ? reinterpret_cast<safeconc_api_fn>(dlsym(h, SAFECONC_API_SYMBOL)) : nullptr;
   const void* api = fn ? fn(1) : nullptr;
   if (api == nullptr) {

@@ -180,3 +180,17 @@ test('an idle owner does not keep the process alive', async () => {
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), '{"v":1}'); // exited on its own after the query, db left open
 });
+
+test('libsafeconc given without its .so suffix, as sqlite3_load_extension accepts it', () => {
+  const { spawnSync } = require('node:child_process');
+  const so = process.env.SAFECONC_SO || path.join(__dirname, '..', '..', 'build', 'libsafeconc.so');
+  const script = `
+    const b = require(${JSON.stringify(require.resolve('../../bindings/node'))});
+    const db = b.open(${JSON.stringify(file())}, { libsafeconc: ${JSON.stringify(so.replace(/\.so$/, ''))} });
+    db.function('f', (x) => x);
+    db.prepare('SELECT f(3) AS v').get().then((r) => { console.log(JSON.stringify(r)); return db.close(); });
+  `;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), '{"v":3}');
+});
