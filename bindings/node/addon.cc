@@ -450,6 +450,12 @@ void AggStep(safeconc_ctx* ctx) {
       napi_typeof(env, next, &t);
       // step may mutate the accumulator in place and return nothing
       if (t != napi_undefined) napi_set_named_property(env, holder, "v", next);
+    } else {
+      // The statement fails with step's error; SQLite still calls final to free the group:
+      // result() must not run then.
+      napi_value yes;
+      napi_get_boolean(env, true, &yes);
+      napi_set_named_property(env, holder, "failed", yes);
     }
   }
   napi_close_handle_scope(env, scope);
@@ -471,7 +477,14 @@ void AggFinal(safeconc_ctx* ctx) {
     napi_delete_reference(env, static_cast<napi_ref>(*slot));
     *slot = nullptr;
   }
+  bool failed = false;
   if (holder != nullptr) {
+    napi_value flag;
+    if (napi_get_named_property(env, holder, "failed", &flag) == napi_ok) {
+      napi_get_value_bool(env, flag, &failed);  // not a boolean (unset): stays false
+    }
+  }
+  if (holder != nullptr && !failed) {
     napi_value acc, r;
     napi_get_named_property(env, holder, "v", &acc);
     r = acc;

@@ -123,6 +123,16 @@ test('a throwing UDF and a throwing aggregate result reject with the JS message'
   await assert.rejects(db.prepare('SELECT boom()').get(), /kaboom from a UDF/);
   await assert.rejects(db.prepare(series(10, 'badagg(x)')).get(), /result exploded/);
   assert.throws(() => db.prepare('SELECT boom()').getSync(), /kaboom from a UDF/);
+  // A throwing step rejects with its message, and result() does not run after it.
+  let results = 0;
+  db.aggregate('badstep', {
+    start: 0,
+    step: (a, x) => { if (x === 3) throw new RangeError('step exploded'); return a + x; },
+    result: (a) => { results++; return a; },
+  });
+  await assert.rejects(db.prepare(series(10, 'badstep(x)')).get(), /step exploded/);
+  assert.throws(() => db.prepare(series(10, 'badstep(x)')).getSync(), /step exploded/);
+  assert.equal(results, 0);
   // The connection is fine afterwards.
   assert.deepEqual(await db.prepare('SELECT 1 AS one').get(), { one: 1 });
   await db.close();
