@@ -144,6 +144,22 @@ TEST(JsonWriter, EscapesStrings) {
   EXPECT_EQ(w.str(), "\"a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001f h\x7f\xc3\xa9\\u0000\"");
 }
 
+// Bytes that are not well-formed UTF-8 (a stray continuation byte, a lead byte cut short,
+// overlong forms, a surrogate, a code point above U+10FFFF, 0xff) each become U+FFFD, and
+// well-formed 2-, 3- and 4-byte sequences pass as they are; catches safeconc_stats() output
+// that JSON parsers reject because a database path held Latin-1 bytes.
+TEST(JsonWriter, ReplacesMalformedUtf8) {
+  // Each malformed piece is followed by a letter, kept apart so no hex escape runs into it.
+  const std::string in = std::string("a") + "\x80" + "b" + "\xe2\x82" + "c" + "\xc0\xaf" + "d" +
+                         "\xe0\x80\x80" + "e" + "\xed\xa0\x80" + "f" + "\xf4\x90\x80\x80" + "g" +
+                         "\xff" + "h" + "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
+  const std::string r = "\\ufffd";
+  JsonWriter w;
+  w.String(in);
+  EXPECT_EQ(w.str(), "\"a" + r + "b" + r + r + "c" + r + r + "d" + r + r + r + "e" + r + r + r +
+                         "f" + r + r + r + r + "g" + r + "h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"");
+}
+
 // Commas go between members and elements, never after a key or before the first member,
 // across nesting; catches a separator bug that only shows in nested output.
 TEST(JsonWriter, SeparatesNestedValues) {

@@ -420,6 +420,24 @@ TEST(Stats, ShowsWhenSafeconcIsNoLongerTheDefault) {
   EXPECT_EQ(db.Text("select json_type(safeconc_stats(), '$.vfs.is_default')"), "true");
 }
 
+// A database whose path is not UTF-8 (a Latin-1 "é" byte) still gives valid JSON, with the
+// byte shown as U+FFFD. Catches a path copied into safeconc_stats() byte for byte: Python's
+// sqlite3 then cannot even fetch the result ("Could not decode to UTF-8"), and strict JSON
+// parsers reject it.
+TEST(Stats, StaysValidJsonForANonUtf8Path) {
+  sctest::LoadExtension();
+  TempDir dir;
+  Db db(dir.File("caf\xe9.db"));
+  ASSERT_EQ(db.open_rc(), SQLITE_OK) << db.error();
+  db.Must("create table t(x)");
+  EXPECT_EQ(db.Int("select json_valid(safeconc_stats())"), 1);
+  // Compared as bytes: LIKE and = would read the stray byte as U+FFFD themselves.
+  EXPECT_EQ(db.Int("select count(*) from json_each(safeconc_stats(), '$.databases') "
+                   "where hex(json_extract(value, '$.path')) like '%2F636166EFBFBD2E6462'"),
+            1)
+      << db.Text("select safeconc_stats()");
+}
+
 // The documented trap: sqlite3_shutdown()+sqlite3_initialize() makes "unix" the default again
 // and clears the auto-extension, so later opens bypass safeconc until the extension is
 // loaded again; `?vfs=safeconc` still works meanwhile. Runs last: it resets SQLite.

@@ -39,10 +39,45 @@ JsonWriter& JsonWriter::Key(const char* k) {
   need_comma_ = false;  // the value follows without a comma
   return *this;
 }
+namespace {
+
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629: no overlong forms, no
+// surrogates, nothing above U+10FFFF), or 0 if the bytes there are not one.
+size_t Utf8Length(const std::string& s, size_t i) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = byte(i);
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;  // overlong
+    if (c == 0xed) hi = 0x9f;  // surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;  // overlong
+    if (c == 0xf4) hi = 0x8f;  // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (i + n > s.size() || byte(i + 1) < lo || byte(i + 1) > hi) return 0;
+  for (size_t k = 2; k < n; ++k) {
+    if (byte(i + k) < 0x80 || byte(i + k) > 0xbf) return 0;
+  }
+  return n;
+}
+
+}  // namespace
+
+// JSON text must be UTF-8 (RFC 8259), but file paths are bytes: a byte that does not start a
+// well-formed sequence becomes U+FFFD, so safeconc_stats() stays parseable whatever a path
+// holds.
 JsonWriter& JsonWriter::String(const std::string& s) {
   Separate();
   out_ += '"';
-  for (unsigned char c : s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
     switch (c) {
       case '"':
         out_ += "\\\"";
@@ -64,8 +99,13 @@ JsonWriter& JsonWriter::String(const std::string& s) {
           char buf[8];
           std::snprintf(buf, sizeof buf, "\\u%04x", c);
           out_ += buf;
-        } else {
+        } else if (c < 0x80) {
           out_ += static_cast<char>(c);
+        } else if (const size_t n = Utf8Length(s, i)) {
+          out_.append(s, i, n);
+          i += n - 1;
+        } else {
+          out_ += "\\ufffd";
         }
     }
   }
