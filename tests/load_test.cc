@@ -4,7 +4,9 @@
 //
 // This binary has its own main(): it installs a SQLITE_CONFIG_LOG callback before
 // sqlite3_initialize() so the tests can see what the extension logs. The first test needs a
-// process in which the extension has not been loaded yet; gtest runs tests in file order.
+// process in which the extension has not been loaded yet: ctest runs it in a process of its
+// own (load_fresh_process_test, see tests/CMakeLists.txt), and it fails, saying so, in a
+// process where another test loaded the extension first.
 #include <sqlite3.h>
 #include <sys/stat.h>
 
