@@ -561,11 +561,18 @@ void XInverse(sqlite3_context* c, int n, sqlite3_value** v) { Call<CallKind::kIn
 
 // SQLite deletes the function (replaced, deleted, connection closed, or registration
 // failed): the host's destructor runs on the owner thread, now if this is it, else posted.
+// The holder whose registration this thread is making now (CreateFunction). SQLite calls the
+// destructor of a function it refuses to register right inside the create call; that holder's
+// host destructor is not run, so a failed create_* leaves the user data with the caller, on
+// every path (see safeconc.h). Cold: only the create and destroy paths read it.
+thread_local const FuncHolder* t_registering = nullptr;
+
 void XDestroy(void* p) {
   FuncHolder* h = static_cast<FuncHolder*>(p);
   std::shared_ptr<Func> f = std::move(h->func);
+  const bool refused = h == t_registering;
   delete h;
-  if (f->destroy == nullptr) return;
+  if (f->destroy == nullptr || refused) return;
   Owner* o = f->owner.get();
   if (o->OnOwnerThread()) {
     if (!o->closed()) f->destroy(f->user_data);
@@ -614,6 +621,8 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
   auto* h = new FuncHolder{f, f.get(), owner.get(), owner->tid};
   const int eflags = flags | SQLITE_UTF8;
   int rc;
+  const FuncHolder* const outer = t_registering;  // a destructor may register a function
+  t_registering = h;
   if (fn != nullptr) {
     rc = sqlite3_create_function_v2(db, name, nArg, eflags, h, XFunc, nullptr, nullptr, XDestroy);
   } else if (value != nullptr) {
@@ -622,7 +631,9 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
   } else {
     rc = sqlite3_create_function_v2(db, name, nArg, eflags, h, nullptr, XStep, XFinal, XDestroy);
   }
-  // On failure SQLite already called XDestroy (which ran or posted the host's destructor).
+  t_registering = outer;
+  // On failure SQLite already called XDestroy, which freed the holder but, seeing
+  // t_registering, did not run the host's destructor: the user data is still the caller's.
   if (rc != SQLITE_OK) *why = sqlite3_errmsg(db);
   return rc;
 }

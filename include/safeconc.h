@@ -93,7 +93,11 @@ typedef struct safeconc_api_v1 {
 
   /* ---- Functions ---- */
   /* nArg: -1 for any number, else 0..127. flags: SAFECONC_FUNCTION_FLAGS. Replaces a
-  ** function of the same name and nArg, as sqlite3_create_function does. */
+  ** function of the same name and nArg, as sqlite3_create_function does. On success the
+  ** function owns user_data (destroy runs when SQLite drops it). On any failure (a bad
+  ** argument, a closed owner, SQLite refusing it: SQLITE_BUSY while a statement uses the old
+  ** function, out of memory) destroy is NOT called and user_data is still the caller's to
+  ** free. (sqlite3_create_function_v2 itself does call its destructor on failure.) */
   int (*create_function)(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
                          void* user_data, safeconc_callback_fn fn, safeconc_destroy_fn destroy);
   int (*create_aggregate)(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,

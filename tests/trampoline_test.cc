@@ -502,6 +502,41 @@ TEST_F(Trampoline, DestructorRunsOnOwnerThread) {
   EXPECT_EQ(destroyed_on.load(), Tid());
 }
 
+// A create_* that SQLite refuses (SQLITE_BUSY: a statement still uses the function it would
+// replace) does not run the destructor, on the owner thread or on a worker, and neither does
+// one refused for a bad argument: on any failure the user data is still the caller's. Would
+// catch the double free a binding gets when it frees its data after a failed create and the
+// trampoline had already destroyed (or posted the destruction of) it.
+TEST_F(Trampoline, FailedCreateNeverRunsTheDestructor) {
+  static std::atomic<int> destroyed{0};
+  destroyed = 0;
+  auto destroy = [](void* p) {
+    ++destroyed;
+    delete static_cast<int*>(p);
+  };
+  sctest::Db db(uri_);
+  db.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2)");
+  ASSERT_EQ(A()->create_function(db.get(), "f", 1, 0, owner_, new int(1), Count, destroy),
+            SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db.get(), "SELECT f(x) FROM t", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);  // f is in use
+  int mine = 0;
+  EXPECT_EQ(A()->create_function(db.get(), "f", 1, 0, owner_, &mine, Count, destroy), SQLITE_BUSY);
+  OnWorker(A(), owner_, [&] {
+    EXPECT_EQ(A()->create_function(db.get(), "f", 1, 0, owner_, &mine, Count, destroy),
+              SQLITE_BUSY);
+  });
+  EXPECT_EQ(A()->create_function(db.get(), "f", 200, 0, owner_, &mine, Count, destroy),
+            SQLITE_MISUSE);
+  EXPECT_EQ(destroyed.load(), 0) << "a failed create ran the destructor";
+  sqlite3_finalize(st);
+  // Once the statement is gone the replacement succeeds, and the old data is destroyed.
+  ASSERT_EQ(A()->create_function(db.get(), "f", 1, 0, owner_, new int(2), Count, destroy),
+            SQLITE_OK);
+  EXPECT_EQ(destroyed.load(), 1);
+}
+
 // A connection closed (sqlite3_close_v2) on a third thread while a worker waits for a
 // dispatched call: the call completes, the connection goes away after its statement, no
 // memory is freed while in use (ASan), the destructor runs once on the owner thread.

@@ -1027,10 +1027,8 @@ napi_value Register(napi_env env, napi_callback_info info, bool aggregate) {
       napi_typeof(env, argv[5], &t);
       if (t == napi_function) NAPI_OK(napi_create_reference(env, argv[5], 1, &f->result));
     }
-    // From here the data belongs to st->funcs: if SQLite refuses the function after the
-    // trampoline handed it over, SQLite runs its destructor (DestroyFunc, here: this is the
-    // owner thread), which takes it out of st->funcs and frees it. If the trampoline refused
-    // it first (bad arguments), it is still in st->funcs and is freed below.
+    // From here the data is in st->funcs (an environment's teardown frees what is left there).
+    // A failed create_* never runs DestroyFunc (safeconc.h): the data is then still ours.
     const std::string name = f->name;
     FuncData* raw = f.release();
     d->st->funcs.insert(raw);
@@ -1041,10 +1039,9 @@ napi_value Register(napi_env env, napi_callback_info info, bool aggregate) {
                                                 ScalarCallback, DestroyFunc);
     if (rc != SQLITE_OK) {
       const std::string msg = std::string("cannot register ") + name + ": " + g_api->errmsg();
-      if (d->st->funcs.erase(raw) != 0) {  // no destructor ran: nothing else has it
-        raw->Unref(env);
-        delete raw;
-      }
+      d->st->funcs.erase(raw);
+      raw->Unref(env);
+      delete raw;
       return Throw(env, msg);
     }
     return nullptr;
