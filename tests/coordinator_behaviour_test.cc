@@ -347,4 +347,179 @@ TEST_P(CoordinatorBehaviour, OtherProcessWriterIsWaitedFor) {
   close(to_parent[0]), close(to_parent[1]), close(to_child[0]), close(to_child[1]);
 }
 
+// ---- Requests SQLite will not retry, and state a refusal must not leave behind -----------
+
+int64_t Stat(sctest::Db& db, const std::string& path) {
+  return std::stoll("0" + Json(db, db.Text("PRAGMA safeconc_stats"), path));
+}
+
+// A write made while one of the connection's own SELECT cursors is still open (autocommit
+// on: the ORM pattern) fails at once when the turn is busy, as SQLite's deadlock avoidance
+// wants, and leaves no ticket in line: SQLite never comes back for it, so a queued one
+// would block every writer behind it until its lease ran out (~1 s). Would catch "autocommit
+// means SQLite retries" (its btree does not, with a read transaction open).
+TEST_P(CoordinatorBehaviour, WriteWithOwnCursorOpenFailsFastAndLeavesNoTicket) {
+  sctest::Db a(uri_ + "?safeconc_timeout=5000");
+  a.Must("INSERT INTO t VALUES(1), (2)");
+  Writer writer(uri_);
+  sqlite3_stmt* cursor = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(a.get(), "SELECT x FROM t", -1, &cursor, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(cursor), SQLITE_ROW);
+  const Clock::time_point start = Clock::now();
+  const int rc = a.Exec("INSERT INTO t VALUES('a')");
+  const int64_t ms = MsSince(start);
+  EXPECT_EQ(rc & 0xff, SQLITE_BUSY) << a.error();
+  EXPECT_LT(ms, 500) << "waited although SQLite does not retry";  // a tenth of the timeout
+  sctest::Db probe(uri_);
+  EXPECT_EQ(Stat(probe, "$.coordinator.queue_depth"), 0) << "a ticket nobody comes back for";
+  sqlite3_finalize(cursor);
+  const std::string why = a.Text("SELECT safeconc_last_busy()");
+  EXPECT_EQ(Json(a, why, "$.result"), "fast_fail") << why;
+}
+
+// An explicit transaction's write refused by a lock held outside the coordinator (here a
+// ?vfs=unix connection; another process is the same) fails, gives its turn back and keeps no
+// place in line: the next writer is not held up once that lock is gone. Would catch the
+// place kept for polling when SQLite will not poll (lease_expired after a ~1 s stall).
+TEST_P(CoordinatorBehaviour, RefusedExplicitWriteKeepsNoPlaceInLine) {
+  sctest::Db outside(uri_ + "?vfs=unix");
+  outside.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('outside')");
+  sctest::Db a(uri_);
+  a.Must("BEGIN; SELECT count(*) FROM t");
+  EXPECT_EQ(a.Exec("INSERT INTO t VALUES('a')") & 0xff, SQLITE_BUSY);
+  sctest::Db probe(uri_);
+  EXPECT_EQ(Stat(probe, "$.coordinator.queue_depth"), 0);
+  EXPECT_EQ(
+      probe.Text("SELECT json_type(safeconc_stats(), '$.databases[0].coordinator.write_turn')"),
+      "null");
+  a.Must("ROLLBACK");
+  outside.Must("COMMIT");
+  sctest::Db b(uri_);
+  b.Must("INSERT INTO t VALUES('b')");
+  EXPECT_EQ(Stat(probe, "$.coordinator.lease_expired"), 0);
+}
+
+// WAL fixture: a database whose WAL is empty (fully checkpointed), so a reader sits on READ_0.
+class CoordinatorWal : public testing::Test {
+ protected:
+  void SetUp() override {
+    sctest::LoadExtension();
+    uri_ = "file:" + dir_.File("w.db");
+    sctest::Db db(uri_);
+    db.Must("PRAGMA journal_mode=wal; CREATE TABLE t(x); INSERT INTO t VALUES(0), (0), (0)");
+    db.Must("PRAGMA wal_checkpoint(TRUNCATE)");
+  }
+  sctest::TempDir dir_;
+  std::string uri_;
+};
+
+// safeconc_txn=serial keeps the turn for as long as the connection's cursor reads, also when
+// its first write goes into an empty WAL: wal.c then swaps the READ_0 mark for another one
+// while it holds WRITE. Would catch the turn dropped at that swap: it went to the waiting
+// connection, and the cursor's next write failed with "database is locked".
+TEST_F(CoordinatorWal, SerialKeepsTheTurnWhileItsCursorReadsAcrossAWalRestart) {
+  sctest::Db a(uri_ + "?safeconc_txn=serial");
+  sqlite3_stmt* cursor = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(a.get(), "SELECT x FROM t", -1, &cursor, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(cursor), SQLITE_ROW);
+  std::atomic<int> other_rc{-1};
+  std::thread other([&] {
+    sctest::Db b(uri_ + "?safeconc_txn=serial&safeconc_timeout=20000");
+    int rc = b.Exec("BEGIN; INSERT INTO t VALUES(100)");
+    if (rc == SQLITE_OK) rc = b.Exec("COMMIT");
+    other_rc = rc;
+  });
+  sctest::Db probe(uri_);
+  while (Stat(probe, "$.coordinator.queue_depth") == 0) std::this_thread::yield();
+  EXPECT_EQ(a.Exec("INSERT INTO t VALUES(1)"), SQLITE_OK) << a.error();
+  EXPECT_EQ(a.Exec("INSERT INTO t VALUES(2)"), SQLITE_OK) << a.error();
+  EXPECT_EQ(sqlite3_step(cursor), SQLITE_ROW);
+  sqlite3_finalize(cursor);
+  other.join();
+  EXPECT_EQ(other_rc.load(), SQLITE_OK);
+  EXPECT_EQ(a.Int("SELECT count(*) FROM t"), 6);
+}
+
+// A read whose turn wait timed out (serial, WAL: the read goes on without the turn) leaves
+// nothing pending: the thread's sqlite3_sleep() still sleeps, and the connection's next wait
+// gets a fresh safeconc_timeout. Would catch a stale "final" refusal record (sleeps return at
+// once, wal.c's retry loop spins) and a stale deadline (the next wait fails at once).
+TEST_F(CoordinatorWal, FailedTurnWaitAtAReadStartLeavesNothingPending) {
+  sctest::Db b(uri_ + "?safeconc_txn=serial&safeconc_timeout=300");
+  EXPECT_EQ(b.Int("SELECT count(*) FROM t"), 3);  // takes the database's SHARED lock (kept)
+  {
+    Writer writer(uri_);
+    EXPECT_EQ(b.Int("SELECT count(*) FROM t"), 3);  // after ~300 ms, without the turn
+    const std::string why = b.Text("SELECT safeconc_last_busy()");
+    EXPECT_EQ(Json(b, why, "$.result"), "timeout") << why;
+  }
+  const Clock::time_point slept = Clock::now();
+  sqlite3_sleep(200);
+  // A lower bound only: a loaded machine can only make the sleep longer.
+  EXPECT_GE(MsSince(slept), 150) << "sqlite3_sleep returned at once";
+  b.Must("PRAGMA safeconc_timeout=20000");
+  Latch holding;
+  std::thread writer2([&] {
+    sctest::Db w(uri_);
+    w.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('w2')");
+    holding.Open();
+    sctest::Db probe(uri_);
+    // Hold until b waits in line (bounded: if b failed at once there is nothing to wait for).
+    const Clock::time_point until = Clock::now() + std::chrono::seconds(10);
+    while (Stat(probe, "$.coordinator.queue_depth") == 0 && Clock::now() < until) {
+      std::this_thread::yield();
+    }
+    w.Must("COMMIT");
+  });
+  holding.Wait();
+  EXPECT_EQ(b.Exec("INSERT INTO t VALUES('b')"), SQLITE_OK) << b.error();
+  writer2.join();
+}
+
+// A refusal record left on a worker thread (its binding's busy handler gave up) for a file
+// that another thread then closed (DETACH) is never followed: the connection's next busy
+// wait on that worker, for another file, runs as a plain wait. Would catch the record's raw
+// file pointer used after the file was freed (make test-asan: heap-use-after-free in
+// BusyHandler).
+TEST(CoordinatorLifetime, StaleRefusalRecordOfAClosedFileIsNotFollowed) {
+  sctest::LoadExtension();
+  sctest::TempDir dir;
+  const std::string main_db = dir.File("main.db"), aux_db = dir.File("aux.db");
+  {
+    sctest::Db m(main_db);
+    m.Must("PRAGMA journal_mode=wal; CREATE TABLE t(x); INSERT INTO t VALUES(1)");
+    sctest::Db x(aux_db);
+    x.Must("CREATE TABLE t(x); INSERT INTO t VALUES(1)");
+  }
+  sctest::Db c("file:" + main_db + "?safeconc_timeout=200");
+  c.Must("PRAGMA wal_autocheckpoint=0; ATTACH 'file:" + aux_db + "?safeconc_timeout=100' AS aux");
+  sctest::Db holder(aux_db);
+  holder.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES(2)");  // aux's write turn
+  Latch refused, snapshot_held;
+  std::atomic<int> checkpoint_rc{-1};
+  std::thread worker([&] {
+    sqlite3_busy_timeout(c.get(), 50);  // the binding's handler: it gives up after 50 ms
+    // Refused after aux's 100 ms turn wait; the handler's retries are refused for good.
+    EXPECT_EQ(c.Exec("INSERT INTO aux.t VALUES(3)") & 0xff, SQLITE_BUSY);
+    sqlite3_busy_timeout(c.get(), 0);  // and then clears it (ours is installed again)
+    refused.Open();
+    snapshot_held.Wait();
+    // A lock period on main finds no handler and installs ours again (enforced busy handling).
+    EXPECT_EQ(c.Int("SELECT count(*) FROM main.t"), 2);
+    // FULL waits for the old snapshot's reader through the busy handler: ours, now.
+    checkpoint_rc = c.Exec("PRAGMA main.wal_checkpoint(FULL)");
+  });
+  refused.Wait();
+  c.Must("DETACH aux");  // aux's shim file is closed and freed, on this thread
+  holder.Must("COMMIT");
+  sctest::Db reader(main_db);
+  reader.Must("BEGIN; SELECT count(*) FROM t");
+  sctest::Db writer(main_db);
+  writer.Must("INSERT INTO t VALUES(4)");
+  snapshot_held.Open();
+  worker.join();
+  EXPECT_TRUE(checkpoint_rc == SQLITE_OK || (checkpoint_rc & 0xff) == SQLITE_BUSY) << checkpoint_rc;
+  reader.Must("COMMIT");
+}
+
 }  // namespace

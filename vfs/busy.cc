@@ -21,8 +21,12 @@ namespace {
 
 struct BusyRecord {
   std::shared_ptr<Ticket> ticket;  // keeps the coordinator alive; null: no record
-  ShimFile* file = nullptr;        // valid only inside SQLite on `db` (the busy handler)
+  // Valid only while the ticket's file is open (Coordinator::IsOpen), and then only inside
+  // SQLite on `db` (the busy handler): the file may have been closed on another thread (its
+  // connection closed, its database detached) since this thread's refusal.
+  ShimFile* file = nullptr;
   sqlite3* db = nullptr;
+  Clock::time_point refused_at;  // the latest refusal this record stands for
   BusyKind kind = BusyKind::kFinal;
   Clock::time_point deadline;
   int polls = 0;  // cross-process backoff step
@@ -37,6 +41,10 @@ thread_local BusyRecord t_busy;
 thread_local bool t_probing = false;
 thread_local bool t_probe_slept = false;
 thread_local bool t_probe_ours = false;
+
+// How long after a final refusal a sleep on the same thread still counts as SQLite's busy
+// handler sleeping for that refusal (it sleeps microseconds after the lock call returned).
+constexpr std::chrono::milliseconds kFinalSleepWindow{100};
 
 int64_t Millis(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -109,6 +117,7 @@ void NoteRefusal(ShimFile* p, const char* lock, BusyKind kind) {
   r.db = p->db;
   r.kind = kind;
   r.armed = true;
+  r.refused_at = now;
   r.deadline = p->pending.deadline;
   if (kind != BusyKind::kCross) r.polls = 0;
   if (kind != BusyKind::kFinal) EnsureBusyHandler(p);
@@ -146,6 +155,11 @@ void RecordFailure(ShimFile* p, const char* lock, const char* result, const std:
   sqlite3_log(SQLITE_BUSY, "safeconc: %s: %s lock %s: %s", p->path, lock, result, message.c_str());
 }
 
+const char* const kFastFailMessage =
+    "a read transaction tried to write while another connection held or waited for the write "
+    "turn; SQLite fails this at once to avoid a deadlock (use BEGIN IMMEDIATE or "
+    "safeconc_txn=immediate)";
+
 void NoteAcquisition(ShimFile* p) {
   if (!p->pending.active) return;
   Coordinator& c = *p->ticket->coord;
@@ -153,10 +167,7 @@ void NoteAcquisition(ShimFile* p) {
     // SQLite never came back for the queued request: it failed it at once (a read
     // transaction that tried to write). Leave the line and remember why it failed.
     c.Cancel(p->ticket.get(), Coordinator::CancelWhy::kFastFail);
-    RecordFailure(p, p->pending.lock, "fast_fail",
-                  "a read transaction tried to write while another connection held or waited for "
-                  "the write turn; SQLite fails this at once to avoid a deadlock (use BEGIN "
-                  "IMMEDIATE or safeconc_txn=immediate)");
+    RecordFailure(p, p->pending.lock, "fast_fail", kFastFailMessage);
     // Its busy handler did not run: it may have been cleared. Probe again next time.
     if (p->handler == ShimFile::Handler::kBinding) p->handler = ShimFile::Handler::kUnknown;
     ClearRefusal(p);
@@ -169,6 +180,9 @@ int BusyHandler(void* arg, int count) {
     return 1;
   }
   BusyRecord& r = t_busy;
+  if (r.ticket != nullptr && !r.ticket->coord->IsOpen(r.ticket.get())) {
+    r = BusyRecord();  // its file closed: r.file is gone, and r.db may be another connection
+  }
   if (r.ticket == nullptr || !r.armed || r.db != static_cast<sqlite3*>(arg) || r.file == nullptr) {
     // Refused by something that left no armed record (wal.c reporting a busy read, a lock a
     // checkpoint holds): behave like a plain busy timeout with short sleeps. SQLite's count
@@ -188,7 +202,7 @@ int BusyHandler(void* arg, int count) {
     sqlite3_sleep(std::min(1 << std::min(count, 4), 10));
     return 1;
   }
-  ShimFile* p = r.file;  // alive: SQLite runs the handler inside a call on this connection
+  ShimFile* p = r.file;  // alive: its file is open, and SQLite runs us inside a call on r.db
   p->handler = ShimFile::Handler::kOurs;
   Coordinator& c = *r.ticket->coord;
   switch (r.kind) {
@@ -229,7 +243,14 @@ int SleepHook(sqlite3_vfs* base, int micros) {
   if (r.ticket != nullptr && r.armed && r.kind != BusyKind::kCross) {
     // The binding's handler (SQLite's default one) sleeps after our refusal. It counts the
     // delays it asked for, so return early only when it is this waiter's turn.
-    if (r.kind == BusyKind::kFinal) return micros;  // retrying cannot help: let it give up
+    if (r.kind == BusyKind::kFinal) {
+      // Retrying cannot help: let the handler give up quickly. Only right after the refusal,
+      // though: a handler that gave up leaves the record armed, and a later sleep on this
+      // thread (the application's sqlite3_sleep, wal.c's retry loop) must really sleep.
+      if (Clock::now() - r.refused_at < kFinalSleepWindow) return micros;
+      r = BusyRecord();
+      return base->xSleep(base, micros);
+    }
     std::shared_ptr<Ticket> t = r.ticket;
     switch (t->coord->WaitForTurn(t.get(), Clock::now() + std::chrono::microseconds(micros),
                                   /*confirm=*/true)) {

@@ -149,9 +149,11 @@ void Coordinator::RevokeStaleLocked(Clock::time_point now) {
   BumpGenerationLocked();
 }
 
-void Coordinator::ReadStarted(Ticket* t) {
+bool Coordinator::ReadStarted(Ticket* t) {
   MutexLock l(&mu_);
-  if (holder_ == t) holder_pre_read_ = false;
+  if (holder_ != t) return false;  // revoked (RevokeStaleLocked)
+  holder_pre_read_ = false;
+  return true;
 }
 
 void Coordinator::ExpireLocked(Clock::time_point now) {
@@ -281,6 +283,24 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confi
   }
 }
 
+Coordinator::Grant Coordinator::TryTurn(Ticket* t, uint64_t tid) {
+  MutexLock l(&mu_);
+  if (holder_ == t) return Grant::kGranted;
+  const Clock::time_point now = Clock::now();
+  ExpireLocked(now);
+  if (!EligibleLocked(t)) return Grant::kRefused;
+  GrantLocked(t, tid, now);
+  return Grant::kGranted;
+}
+
+void Coordinator::FastFail(Ticket* t) {
+  MutexLock l(&mu_);
+  ++stats_.fast_failed;
+  if (!t->queued) return;
+  RemoveLocked(t);
+  RefreshFrontLocked(Clock::now());
+}
+
 void Coordinator::ReleaseTurn(Ticket* t) {
   MutexLock l(&mu_);
   if (holder_ != t) return;
@@ -372,6 +392,11 @@ void Coordinator::Close(Ticket* t) {
   UpdateHintLocked();
   RefreshFrontLocked(now);
   BumpGenerationLocked();
+}
+
+bool Coordinator::IsOpen(Ticket* t) {
+  MutexLock l(&mu_);
+  return t->open;
 }
 
 // ---- Readers ---------------------------------------------------------------------------

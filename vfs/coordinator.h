@@ -91,7 +91,7 @@ struct BlockerInfo {
 
 class Coordinator {
  public:
-  enum class Grant { kGranted, kQueued, kSelfDeadlock, kTimeout };
+  enum class Grant { kGranted, kQueued, kSelfDeadlock, kTimeout, kRefused };
   enum class CancelWhy { kClosed, kTimeout, kFastFail, kGaveUp };
 
   // Leases: how long a front ticket with the turn free may stay unclaimed. An unconfirmed
@@ -110,12 +110,21 @@ class Coordinator {
   // keep the data safe; only the ordering is lost). ReadStarted() ends the pre-read state.
   Grant AcquireTurn(Ticket* t, bool may_wait, bool confirmed, Clock::time_point deadline,
                     uint64_t tid, bool pre_read = false) SC_EXCLUDES(mu_);
-  void ReadStarted(Ticket* t) SC_EXCLUDES(mu_);
+  // Grants the turn if it is free and nobody waits ahead of t (kGranted); otherwise changes
+  // nothing and returns kRefused. The uncontended first try of a write start.
+  Grant TryTurn(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
+  // A request SQLite will not retry was refused (a read transaction that tries to write):
+  // counts the fast failure and takes t out of the line if an earlier request left it there.
+  void FastFail(Ticket* t) SC_EXCLUDES(mu_);
+  // The read mark a pre-read turn was taken for is held: the turn is no longer revocable.
+  // False if it was revoked meanwhile (t no longer holds the turn).
+  bool ReadStarted(Ticket* t) SC_EXCLUDES(mu_);
   static constexpr std::chrono::milliseconds kPreReadLease{250};
   // Gives the turn back (t must hold it) and wakes the front ticket.
   void ReleaseTurn(Ticket* t) SC_EXCLUDES(mu_);
   // The base lock refused a turn holder (another process has it): give the turn back but
-  // stay first in line, so no in-process newcomer overtakes while t polls.
+  // stay first in line, so no in-process newcomer overtakes while t polls. Only for a request
+  // SQLite retries: a place kept for one it does not would block everyone behind it.
   void YieldTurnKeepPlace(Ticket* t) SC_EXCLUDES(mu_);
   // Busy-handler side: waits until t is front with the turn free (kReady) or `until` passes
   // (kTimedOut). `confirm` marks t's owner as alive. kNotQueued at once if t is not in line.
@@ -127,6 +136,9 @@ class Coordinator {
   bool IsTentative(Ticket* t) SC_EXCLUDES(mu_);
   // The file closed: leave every list, never hold the turn again.
   void Close(Ticket* t) SC_EXCLUDES(mu_);
+  // False once t's file closed. A thread-local busy record names its file through the ticket
+  // it keeps alive; the file itself may be gone when this is false.
+  bool IsOpen(Ticket* t) SC_EXCLUDES(mu_);
 
   // Rollback-mode readers (SHARED holders), for commit waits and diagnostics.
   void ReaderEnter(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);

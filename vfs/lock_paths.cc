@@ -102,9 +102,27 @@ bool TxnWantsTurn(ShimFile* p) {
   return Coord(p).Contended() && StatementWillWrite(p->db);
 }
 
-// SQLite retries a refused write start through the busy handler only when no transaction
-// is open; with autocommit on, a write statement is its own transaction, so it will retry.
-bool WillRetry(ShimFile* p) { return p->db != nullptr && sqlite3_get_autocommit(p->db) != 0; }
+// The transaction state of the connection's schema that p is the file of; the highest of all
+// its schemas if p's cannot be told (then "will not retry" errs on the safe side below).
+int TxnStateOf(ShimFile* p) {
+  for (int i = 0;; ++i) {
+    const char* schema = sqlite3_db_name(p->db, i);
+    if (schema == nullptr) break;
+    const char* file = sqlite3_db_filename(p->db, schema);
+    if (file == p->path || (file != nullptr && std::strcmp(file, p->path) == 0)) {
+      return sqlite3_txn_state(p->db, schema);
+    }
+  }
+  return sqlite3_txn_state(p->db, nullptr);
+}
+
+// Will SQLite retry this refused write start through the busy handler? Its btree retries
+// only while no transaction of the schema is open (btree.c: inTransaction == TRANS_NONE): an
+// autocommit write, BEGIN IMMEDIATE, a deferred transaction whose first statement writes.
+// Not a write made while a read transaction is open, in an explicit transaction or through a
+// SELECT cursor of the same connection still being stepped (the btree is in TRANS_READ even
+// with autocommit on). During the lock call the state is still the one before it.
+bool WillRetry(ShimFile* p) { return p->db != nullptr && TxnStateOf(p) == SQLITE_TXN_NONE; }
 
 Clock::time_point Deadline(ShimFile* p) {
   // A retry of a request already refused keeps its first deadline.
@@ -123,14 +141,18 @@ void DropReason(ShimFile* p, unsigned reason) {
 
 // Takes the write turn at the start of a lock period (a safe point: no lock of this file is
 // held, or in WAL only the database's SHARED lock, which no writer waits for). Waits in FIFO
-// order. Returns false if it could not (timeout, self-deadlock), with the failure recorded.
-bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read = false) {
+// order. Returns false if it could not (timeout, self-deadlock), with the failure recorded in
+// safeconc_last_busy(). `fails_request`: the lock request fails with it (SQLite may come back
+// through the busy handler, which must then give up at once); otherwise the caller goes on
+// without the turn and nothing of the refusal is left pending.
+bool TakeTurnForTxn(ShimFile* p, const char* lock, bool fails_request, bool pre_read = false) {
   const Clock::time_point start = Clock::now();
   const uint64_t tid = CurrentThreadId();
   Coordinator::Grant g = Coord(p).AcquireTurn(p->ticket.get(), /*may_wait=*/true,
                                               /*confirmed=*/true, Deadline(p), tid, pre_read);
   if (g == Coordinator::Grant::kGranted) {
     TakeReason(p, kReasonTxn);
+    ClearRefusal(p);  // whatever this lock period retries was waiting for the turn: granted
     return true;
   }
   if (!p->pending.active) {
@@ -147,16 +169,37 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read = false) {
                   "waited " + std::to_string(p->knobs.Get(Knob::kTimeout)) +
                       " ms (safeconc_timeout) for the write turn");
   }
-  NoteRefusal(p, lock, BusyKind::kFinal);
+  if (fails_request) {
+    NoteRefusal(p, lock, BusyKind::kFinal);
+  } else {
+    ClearRefusal(p);
+  }
   return false;
 }
 
 // Asks for the write turn where waiting is unsafe (the connection holds a read lock).
 // Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (or failed).
+// A request SQLite will not retry is not queued at all: it fails at once, as SQLite's own
+// deadlock avoidance wants, and a ticket nobody comes back for cannot block the line.
 int TakeTurnForWrite(ShimFile* p, const char* lock) {
+  Coordinator& c = Coord(p);
   const uint64_t tid = CurrentThreadId();
-  Coordinator::Grant g = Coord(p).AcquireTurn(p->ticket.get(), /*may_wait=*/false,
-                                              /*confirmed=*/WillRetry(p), Clock::time_point(), tid);
+  Coordinator::Grant g = c.TryTurn(p->ticket.get(), tid);
+  if (g == Coordinator::Grant::kGranted) return SQLITE_OK;
+  if (p->turn_wait_failed) {
+    // This statement already waited safeconc_timeout for the turn at its read start
+    // (safeconc_last_busy() tells of that wait): a second wait would double the timeout.
+    NoteRefusal(p, lock, BusyKind::kFinal);
+    return SQLITE_BUSY;
+  }
+  if (!WillRetry(p)) {
+    c.FastFail(p->ticket.get());
+    ClearRefusal(p);
+    RecordFailure(p, lock, "fast_fail", kFastFailMessage);
+    return SQLITE_BUSY;
+  }
+  g = c.AcquireTurn(p->ticket.get(), /*may_wait=*/false, /*confirmed=*/true, Clock::time_point(),
+                    tid);
   switch (g) {
     case Coordinator::Grant::kGranted:
       return SQLITE_OK;
@@ -165,6 +208,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
       return SQLITE_BUSY;
     case Coordinator::Grant::kSelfDeadlock:
     case Coordinator::Grant::kTimeout:
+    case Coordinator::Grant::kRefused:
       break;
   }
   if (!p->pending.active) {
@@ -177,6 +221,12 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
                 "waiting for it here would deadlock");
   NoteRefusal(p, lock, BusyKind::kFinal);
   return SQLITE_BUSY;
+}
+
+// A WAL lock period ends (its read mark released, no write under way).
+void EndWalPeriod(ShimFile* p) {
+  p->turn_wait_failed = false;
+  DropReason(p, kReasonTxn);
 }
 
 // Calls the base for a lock the coordinator granted. The base may still refuse for a moment:
@@ -195,10 +245,23 @@ int BaseForTurnHolder(Attempt attempt) {
   return rc;
 }
 
-// The base refused a lock the coordinator granted: another process holds it.
-void BaseRefused(ShimFile* p, const char* lock) {
-  Coord(p).YieldTurnKeepPlace(p->ticket.get());
-  NoteRefusal(p, lock, BusyKind::kCross);
+// The base refused a write lock to a turn holder: another process (or a connection that does
+// not go through safeconc) holds it. `took`: the turn was taken for this very request.
+// SQLite retries: poll, keeping first place so no in-process newcomer overtakes. It does not
+// (a read transaction is open): the request has failed; give back a turn taken for it.
+void BaseRefused(ShimFile* p, const char* lock, bool took) {
+  if (WillRetry(p)) {
+    if (took) Coord(p).YieldTurnKeepPlace(p->ticket.get());
+    NoteRefusal(p, lock, BusyKind::kCross);
+    return;
+  }
+  if (took) Coord(p).ReleaseTurn(p->ticket.get());
+  Coord(p).CountBusyReturn(/*cross_process=*/true);
+  ClearRefusal(p);
+  RecordFailure(p, lock, "busy",
+                "the lock is held outside this process's coordinator (another process, or a "
+                "connection that opted out with ?vfs=unix), and SQLite does not retry a write "
+                "inside an open read transaction");
 }
 
 // A write start (RESERVED, WAL WRITE): takes the turn unless held, then the base lock. A
@@ -212,18 +275,14 @@ int WriteStart(ShimFile* p, const char* lock, Attempt attempt) {
   }
   const int rc = BaseForTurnHolder(attempt);
   if (rc == SQLITE_BUSY) {
-    if (held) {
-      NoteRefusal(p, lock, BusyKind::kCross);
-    } else {
-      BaseRefused(p, lock);
-    }
+    BaseRefused(p, lock, /*took=*/!held);
     return rc;
   }
   if (rc != SQLITE_OK) {
     if (!held) Coord(p).ReleaseTurn(p->ticket.get());
     return rc;
   }
-  if (!held) ClearRefusal(p);
+  ClearRefusal(p);
   TakeReason(p, kReasonWrite);
   return SQLITE_OK;
 }
@@ -297,7 +356,7 @@ int LockPathLock(ShimFile* p, int level) {
     EnsureBusyHandler(p);
     bool took = false;
     if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
-      if (!TakeTurnForTxn(p, "SHARED")) return SQLITE_BUSY;
+      if (!TakeTurnForTxn(p, "SHARED", /*fails_request=*/true)) return SQLITE_BUSY;
       took = true;
     }
     rc = WaitAtSafePoint(
@@ -368,7 +427,11 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   if (offset == kWalWriteLock && n == 1 && (flags & SQLITE_SHM_EXCLUSIVE)) {
     if (!lock) {
       rc = o->pMethods->xShmLock(o, offset, n, flags);
+      const bool wrote = (p->turn_reasons & kReasonWrite) != 0;
       DropReason(p, kReasonWrite);
+      // A write that lost its read mark on the way (see the read-mark unlock below) ends the
+      // lock period here.
+      if (wrote && p->read_marks == 0) EndWalPeriod(p);
       return rc;
     }
     if (p->turn_reasons == 0 && p->read_marks == 0) {
@@ -388,16 +451,21 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     if (p->read_marks == 0) {
       NoteAcquisition(p);
       EnsureBusyHandler(p);
-      if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
+      if (p->turn_reasons == 0 && !p->turn_wait_failed && TxnWantsTurn(p)) {
         // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL, so a read whose
         // turn cannot be had proceeds without it (recorded in safeconc_last_busy()); its
         // write, if any, then meets SQLite's usual deferred rules.
-        took = TakeTurnForTxn(p, "WAL READ");
+        took = TakeTurnForTxn(p, "WAL READ", /*fails_request=*/false);
+        p->turn_wait_failed = !took;
       }
     }
     rc = o->pMethods->xShmLock(o, offset, n, flags);
     if (rc == SQLITE_OK) {
-      if (++p->read_marks == 1 && p->turn_reasons != 0) Coord(p).ReadStarted(p->ticket.get());
+      // A pre-read turn revoked meanwhile (the read start outlived kPreReadLease): the read
+      // goes on without it, like one whose turn could not be had.
+      if (++p->read_marks == 1 && p->turn_reasons != 0 && !Coord(p).ReadStarted(p->ticket.get())) {
+        DropReason(p, kReasonTxn);
+      }
       p->pre_read_turn = false;
     } else if (took) {
       DropReason(p, kReasonTxn);
@@ -416,7 +484,11 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   }
   rc = o->pMethods->xShmLock(o, offset, n, flags);
   if (read_mark && !lock && rc == SQLITE_OK && p->read_marks > 0 && --p->read_marks == 0) {
-    DropReason(p, kReasonTxn);  // the WAL lock period ends with its read mark
+    // The WAL lock period ends with its read mark, unless a write is under way: wal.c swaps
+    // READ_0 for another read mark while it holds WRITE (walRestartLog, the first write into
+    // an empty or fully checkpointed WAL). Dropping the turn there would hand it to another
+    // connection while this one's cursors still read, and their next write would fail.
+    if ((p->turn_reasons & kReasonWrite) == 0) EndWalPeriod(p);
   }
   return rc;
 }
@@ -428,8 +500,12 @@ void LockPathShmBarrier(ShimFile* p) {
   // sends wal.c into retries with quadratically growing sleeps, seen as ~1 s stalls with
   // many threads. Safe point: no read mark is held yet.
   // A checkpoint reads the header too (holding CKPT, and never taking a read mark): not here.
-  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && TxnWantsTurn(p)) {
-    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
+  // A turn wait that already failed in this read start is not repeated: each would wait out
+  // safeconc_timeout again, and wal.c calls the barrier on every retry of its read loop.
+  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && !p->turn_wait_failed &&
+      TxnWantsTurn(p)) {
+    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*fails_request=*/false, /*pre_read=*/true);
+    p->turn_wait_failed = !p->pre_read_turn;
   }
 }
 

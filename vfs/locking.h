@@ -55,6 +55,9 @@ void EnsureBusyHandler(ShimFile* p);
 void ClearRefusal(ShimFile* p);
 // Writes p->last_busy for a request that failed, and logs it through sqlite3_log.
 void RecordFailure(ShimFile* p, const char* lock, const char* result, const std::string& message);
+// safeconc_last_busy()'s message for a write that SQLite failed at once (a read transaction
+// that tried to write while the turn was busy).
+extern const char* const kFastFailMessage;
 // A lock period starts: if p's last refusal was never retried (SQLite failed it at once, as
 // it does for a read transaction that tries to write), count the fast failure.
 void NoteAcquisition(ShimFile* p);

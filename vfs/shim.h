@@ -49,7 +49,10 @@ struct ShimFile {
   int read_marks = 0;            // WAL read-mark (READ_i shared) locks held
   unsigned turn_reasons = 0;     // TurnReason bits; non-zero iff this handle holds the turn
   bool pre_read_turn = false;    // the turn was taken before a WAL read start (xShmBarrier)
-  bool ckpt_held = false;        // WAL CKPT lock held: a checkpoint, not a read start
+  // A turn wait of this WAL lock period already failed (timeout, self-deadlock) and the read
+  // went on without the turn: no second wait until the period ends; its write fails at once.
+  bool turn_wait_failed = false;
+  bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
   // The current refused request, until it is granted or fails.
