@@ -13,14 +13,24 @@
 //                itself, with no VFS in the way (the floor for any fair coordinator)
 //   libsafeconc  the default VFS after loading (safeconc); its busy timeout sleeps through the
 //                shim's xSleep, which wakes on release
+//   fair bound   no lock and no other thread: ONE thread runs the cell's transactions
+//                round-robin over T connections. A FIFO coordinator gives every transaction
+//                to another connection, whose page cache the previous commit invalidated, so
+//                this is about the most any fair scheme can reach here (the second core can
+//                only overlap the statement preparation outside the lock period)
 // Printed: transactions/s, latency p50/p99/max (ms), failures, and for libsafeconc the
 // coordinator's release-to-grant latency; ratios are against the other peers, same run. "cpu"
 // is cores busy on average (process CPU time / wall time): it tells a hand-over that waits
 // for a wake-up from one that burns CPU.
 //
+// A second table runs fixed work instead of fixed time, as a web server must answer every
+// request: each thread commits N transactions and tx/s is all of them over the time until
+// the last one finished, so a peer's starved stragglers count against it.
+//
 // Usage: bench_locks [--stats] [seconds-per-cell]   (default 1.0)
 // Focus a run with BENCH_JOURNAL=wal|delete, BENCH_WORK=0|200, BENCH_THREADS=4|16|64,
-// BENCH_PEER=stock|mutex|fifo|libsafeconc (skips the single-connection table).
+// BENCH_PEER=stock|mutex|fifo|libsafeconc (skips the single-connection table); BENCH_NO_FIXED=1
+// skips the fixed-work table.
 #include <sqlite3.h>
 #include <sys/resource.h>
 
@@ -136,10 +146,18 @@ long JsonInt(const std::string& json, const std::string& path) {
   return v;
 }
 
-Result RunCell(Peer peer, const char* journal, int threads, int work_us, double seconds) {
-  static int serial = 0;
-  const std::string path = g_dir + "/cell" + std::to_string(++serial) + ".db";
-  const std::string uri = "file:" + path + (peer == Peer::kSafeconc ? "" : "?vfs=unix");
+// One transaction of a cell; false if it failed (rolled back).
+bool Transaction(sqlite3* db, int work_us) {
+  bool ok = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES(randomblob(64))", nullptr,
+                         nullptr, nullptr) == SQLITE_OK;
+  if (ok && work_us > 0) Spin(work_us);
+  ok = ok && sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK;
+  if (!ok) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  return ok;
+}
+
+// Creates the cell's database through `uri` and returns the connection that made it.
+sqlite3* CreateCellDb(const std::string& uri, const char* journal) {
   sqlite3* main = nullptr;
   sqlite3_open_v2(uri.c_str(), &main, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
                   nullptr);
@@ -147,6 +165,41 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
                nullptr);
   sqlite3_exec(main, "PRAGMA synchronous=OFF; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
                nullptr, nullptr, nullptr);
+  return main;
+}
+
+std::string CellPath() {
+  static int serial = 0;
+  return g_dir + "/cell" + std::to_string(++serial) + ".db";
+}
+
+// The fair bound (see the top of the file): tx/s of one thread going round-robin over
+// `conns` connections of plain unix, with nothing else running.
+double FairBound(const char* journal, int conns, int work_us, double seconds) {
+  const std::string uri = "file:" + CellPath() + "?vfs=unix";
+  sqlite3* main = CreateCellDb(uri, journal);
+  std::vector<sqlite3*> dbs(conns);
+  for (sqlite3*& db : dbs) {
+    sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr);
+    sqlite3_exec(db, "PRAGMA synchronous=OFF", nullptr, nullptr, nullptr);
+  }
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point stop =
+      start + std::chrono::microseconds(static_cast<long>(seconds * 1e6));
+  long done = 0;
+  for (size_t i = 0; Clock::now() < stop; i = (i + 1) % dbs.size())
+    done += Transaction(dbs[i], work_us);
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  for (sqlite3* db : dbs) sqlite3_close(db);
+  sqlite3_close(main);
+  return static_cast<double>(done) / wall;
+}
+
+// per_thread > 0: fixed work (each thread commits that many transactions), else fixed time.
+Result RunCell(Peer peer, const char* journal, int threads, int work_us, double seconds,
+               long per_thread = 0) {
+  const std::string uri = "file:" + CellPath() + (peer == Peer::kSafeconc ? "" : "?vfs=unix");
+  sqlite3* main = CreateCellDb(uri, journal);
 
   std::mutex app_mutex;
   FifoLock app_fifo;
@@ -164,20 +217,13 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
       sqlite3_exec(db, "PRAGMA synchronous=OFF", nullptr, nullptr, nullptr);
       ready.fetch_add(1);
       while (!go.load()) std::this_thread::yield();
-      while (Clock::now() < stop) {
+      for (long i = 0; per_thread > 0 ? i < per_thread : Clock::now() < stop; ++i) {
         const Clock::time_point t0 = Clock::now();
         std::unique_lock<std::mutex> l(app_mutex, std::defer_lock);
         std::unique_lock<FifoLock> f(app_fifo, std::defer_lock);
         if (peer == Peer::kMutex) l.lock();
         if (peer == Peer::kFifo) f.lock();
-        bool ok = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES(randomblob(64))",
-                               nullptr, nullptr, nullptr) == SQLITE_OK;
-        if (ok && work_us > 0) Spin(work_us);
-        ok = ok && sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK;
-        if (!ok) {
-          sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-          failures.fetch_add(1);
-        }
+        if (!Transaction(db, work_us)) failures.fetch_add(1);
         if (l.owns_lock()) l.unlock();
         if (f.owns_lock()) f.unlock();
         lat[t].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
@@ -250,6 +296,52 @@ double NsPerOp(bool safeconc, bool write, int n) {
   return ns;
 }
 
+const char* JournalName(const char* journal) {
+  return std::string(journal) == "wal" ? "WAL" : "rollback";
+}
+
+void PrintHeader(bool with_bound) {
+  std::printf("  %7s %-12s %9s %8s %8s %9s %8s %5s %12s %9s %9s %9s%s\n", "threads", "peer", "tx/s",
+              "p50 ms", "p99 ms", "max ms", "failed", "cpu", "r2g p50/p99", "vs stock", "vs mutex",
+              "vs fifo", with_bound ? "  vs bound" : "");
+}
+
+// One row group: every peer (that the BENCH_PEER filter lets through) on the same cell, then
+// libsafeconc's ratios against the others; with fixed time also the fair bound.
+void RunRow(const char* journal, int threads, int work_us, double seconds, long per_thread,
+            const char* only_peer) {
+  const Peer peers[kPeers] = {Peer::kStock, Peer::kMutex, Peer::kFifo, Peer::kSafeconc};
+  Result res[kPeers];
+  bool run[kPeers];
+  for (int i = 0; i < kPeers; ++i) {
+    run[i] = !only_peer || std::string(PeerName(peers[i])).find(only_peer) != std::string::npos;
+    if (run[i]) res[i] = RunCell(peers[i], journal, threads, work_us, seconds, per_thread);
+  }
+  const bool with_bound = per_thread == 0;
+  const double bound = with_bound ? FairBound(journal, threads, work_us, seconds) : 0;
+  for (int i = 0; i < kPeers; ++i) {
+    if (!run[i]) continue;
+    char r2g[32] = "-";
+    if (res[i].r2g_p50_us >= 0) {
+      std::snprintf(r2g, sizeof r2g, "%ld/%ld us", res[i].r2g_p50_us, res[i].r2g_p99_us);
+    }
+    // libsafeconc's throughput against each other peer that ran, and the fair bound.
+    char vs[4][16] = {"", "", "", ""};
+    if (peers[i] == Peer::kSafeconc) {
+      for (int k = 0; k < 3; ++k) {
+        if (run[k])
+          std::snprintf(vs[k], sizeof vs[k], "%.2fx", res[i].tps / std::max(1.0, res[k].tps));
+      }
+      if (with_bound)
+        std::snprintf(vs[3], sizeof vs[3], "%.2fx", res[i].tps / std::max(1.0, bound));
+    }
+    std::printf("  %7d %-12s %9.0f %8.2f %8.2f %9.1f %8ld %5.2f %12s %9s %9s %9s %9s\n", threads,
+                PeerName(peers[i]), res[i].tps, res[i].p50_ms, res[i].p99_ms, res[i].max_ms,
+                res[i].failures, res[i].cpu, r2g, vs[0], vs[1], vs[2], vs[3]);
+  }
+  if (with_bound) std::printf("  %7d %-12s %9.0f\n", threads, "fair bound", bound);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -284,51 +376,40 @@ int main(int argc, char** argv) {
 
   std::printf(
       "\nWrite contention: BEGIN IMMEDIATE; INSERT; <work>; COMMIT, %.1f s per cell,\n"
-      "busy_timeout(5000) everywhere, synchronous=OFF\n",
+      "busy_timeout(5000) everywhere, synchronous=OFF. 'fair bound': one thread, the same\n"
+      "transactions round-robin over T connections, no lock (the most a FIFO hand-over can give)\n",
       seconds);
-  const Peer peers[kPeers] = {Peer::kStock, Peer::kMutex, Peer::kFifo, Peer::kSafeconc};
   // Filters for focused runs, e.g. BENCH_JOURNAL=wal BENCH_THREADS=16 BENCH_WORK=0.
   const char* only_journal = std::getenv("BENCH_JOURNAL");
   const char* only_threads = std::getenv("BENCH_THREADS");
   const char* only_work = std::getenv("BENCH_WORK");
   const char* only_peer = std::getenv("BENCH_PEER");
+  const bool fixed_work = !std::getenv("BENCH_NO_FIXED");
   for (const char* journal : {"wal", "delete"}) {
     if (only_journal && std::string(only_journal) != journal) continue;
     for (int work_us : {0, 200}) {
       if (only_work && std::atoi(only_work) != work_us) continue;
-      std::printf("\n%s journal, work in transaction %d us\n",
-                  std::string(journal) == "wal" ? "WAL" : "rollback", work_us);
-      std::printf("  %7s %-12s %9s %8s %8s %9s %8s %5s %12s %9s %9s %9s\n", "threads", "peer",
-                  "tx/s", "p50 ms", "p99 ms", "max ms", "failed", "cpu", "r2g p50/p99", "vs stock",
-                  "vs mutex", "vs fifo");
+      std::printf("\n%s journal, work in transaction %d us\n", JournalName(journal), work_us);
+      PrintHeader(true);
       for (int threads : {4, 16, 64}) {
         if (only_threads && std::atoi(only_threads) != threads) continue;
-        Result res[kPeers];
-        bool run[kPeers];
-        for (int i = 0; i < kPeers; ++i) {
-          run[i] =
-              !only_peer || std::string(PeerName(peers[i])).find(only_peer) != std::string::npos;
-          if (run[i]) res[i] = RunCell(peers[i], journal, threads, work_us, seconds);
-        }
-        for (int i = 0; i < kPeers; ++i) {
-          if (!run[i]) continue;
-          char r2g[32] = "-";
-          if (res[i].r2g_p50_us >= 0) {
-            std::snprintf(r2g, sizeof r2g, "%ld/%ld us", res[i].r2g_p50_us, res[i].r2g_p99_us);
-          }
-          // libsafeconc's throughput against each other peer that ran.
-          char vs[3][16] = {"", "", ""};
-          if (peers[i] == Peer::kSafeconc) {
-            for (int k = 0; k < 3; ++k) {
-              if (run[k]) {
-                std::snprintf(vs[k], sizeof vs[k], "%.2fx", res[i].tps / std::max(1.0, res[k].tps));
-              }
-            }
-          }
-          std::printf("  %7d %-12s %9.0f %8.2f %8.2f %9.1f %8ld %5.2f %12s %9s %9s %9s\n", threads,
-                      PeerName(peers[i]), res[i].tps, res[i].p50_ms, res[i].p99_ms, res[i].max_ms,
-                      res[i].failures, res[i].cpu, r2g, vs[0], vs[1], vs[2]);
-        }
+        RunRow(journal, threads, work_us, seconds, 0, only_peer);
+      }
+    }
+  }
+  if (fixed_work) {
+    // About one second of stock SQLite's work per cell, split over the threads.
+    std::printf(
+        "\nFixed work: every thread commits its share of N transactions (work 0 us); tx/s is N\n"
+        "over the time until the last one committed, so starved stragglers count\n");
+    for (const char* journal : {"wal", "delete"}) {
+      if (only_journal && std::string(only_journal) != journal) continue;
+      const long total = std::string(journal) == "wal" ? 32000 : 8000;
+      std::printf("\n%s journal, N = %ld\n", JournalName(journal), total);
+      PrintHeader(false);
+      for (int threads : {16, 64}) {
+        if (only_threads && std::atoi(only_threads) != threads) continue;
+        RunRow(journal, threads, 0, seconds, total / threads, only_peer);
       }
     }
   }
