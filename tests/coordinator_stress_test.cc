@@ -124,6 +124,9 @@ TEST_P(CoordinatorStress, NoFailuresNothingLostNoOvertakes) {
   };
   EXPECT_EQ(field("overtakes"), 0) << stats;
   EXPECT_GT(field("acquisitions"), 0) << stats;
+  // One turn per transaction, give or take retries: a turn lost between a WAL read start and
+  // its read mark (and taken again at the back of the line) showed as ~4 per transaction.
+  EXPECT_LT(field("acquisitions"), 2 * ok.load()) << stats;
   // (With safeconc_txn=immediate nothing is ever refused at an unsafe point: no handler is
   // needed there.)
   if (cfg.handler == Handler::kClearedAfterOpen &&

@@ -430,8 +430,10 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
       const bool wrote = (p->turn_reasons & kReasonWrite) != 0;
       DropReason(p, kReasonWrite);
       // A write that lost its read mark on the way (see the read-mark unlock below) ends the
-      // lock period here.
-      if (wrote && p->read_marks == 0) EndWalPeriod(p);
+      // lock period here. Not a WRITE taken before the read mark of a read start the turn was
+      // taken for (wal.c's recovery check after a torn WAL-index header read): that lock
+      // period has not even begun.
+      if (wrote && p->read_marks == 0 && !p->pre_read_turn) EndWalPeriod(p);
       return rc;
     }
     if (p->turn_reasons == 0 && p->read_marks == 0) {
