@@ -640,7 +640,11 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
 
 bool InCallback(sqlite3* db) {
   const HotTls& h = Hot();
-  const int n = h.depth < kMaxNest ? h.depth : kMaxNest;
+  // Deeper than the connections recorded: the ones not recorded could be db. Answering yes
+  // makes a binding refuse a close() or re-entry it might have allowed; answering no could
+  // let through one that crashes.
+  if (h.depth > kMaxNest) return true;
+  const int n = h.depth;
   return std::find(h.callbacks, h.callbacks + n, db) != h.callbacks + n;
 }
 

@@ -345,6 +345,22 @@ int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, Blockers blo
 
 }  // namespace
 
+namespace {
+
+// After an EXCLUSIVE request: a refused one may leave the base at PENDING (unixLock keeps the
+// PENDING byte once it got it), which refuses new readers until the unlock; recording it
+// makes that unlock wake them (LockPathUnlock) instead of leaving them to poll. Where the
+// base did not get that far, the cost of the record is one needless wake-up at the unlock.
+void NoteExclusiveResult(ShimFile* p, int rc) {
+  if (rc == SQLITE_OK) {
+    p->level = SQLITE_LOCK_EXCLUSIVE;
+  } else if (p->level < SQLITE_LOCK_PENDING) {
+    p->level = SQLITE_LOCK_PENDING;
+  }
+}
+
+}  // namespace
+
 int LockPathLock(ShimFile* p, int level) {
   sqlite3_file* o = OrigFile(p);
   Coordinator& c = Coord(p);
@@ -391,21 +407,26 @@ int LockPathLock(ShimFile* p, int level) {
           *in_process = others > 0;
           *self = others > 0 && others == mine;
         });
-    if (rc == SQLITE_OK) p->level = SQLITE_LOCK_EXCLUSIVE;
+    NoteExclusiveResult(p, rc);
     return rc;
   }
   // SHARED->EXCLUSIVE (hot-journal rollback, or closing the last WAL connection): SQLite
   // tries once and never retries; forward as is.
   rc = o->pMethods->xLock(o, level);
-  if (rc == SQLITE_OK) p->level = level;
+  if (level == SQLITE_LOCK_EXCLUSIVE) {
+    NoteExclusiveResult(p, rc);
+  } else if (rc == SQLITE_OK) {
+    p->level = level;
+  }
   return rc;
 }
 
 int LockPathUnlock(ShimFile* p, int level) {
   sqlite3_file* o = OrigFile(p);
   const int before = p->level;
+  // Even if the base fails, the pager takes the lock as released (pagerUnlockDb) and never
+  // unlocks again: keeping the turn here would keep it until the file closed.
   const int rc = o->pMethods->xUnlock(o, level);
-  if (rc != SQLITE_OK) return rc;  // lock state unknown to SQLite too; it reports the error
   p->level = level;
   if (level < SQLITE_LOCK_RESERVED) DropReason(p, kReasonWrite);
   if (level == SQLITE_LOCK_NONE) {
