@@ -95,13 +95,44 @@ Histogram* DispatchHistogram() {
 // nest: a callback may step another statement), in HotTls. in_callback(db) asks about the
 // calling thread, which is the question a binding has when its callback code calls close()
 // or steps the running statement again. Nothing shared on the hot path.
+// Callbacks nested deeper than kMaxNest keep their connections in a cold, growable stack.
+struct DeepCallbacks {
+  std::vector<sqlite3*> dbs;  // depth kMaxNest and below, innermost last
+  int lost = 0;               // pushes that failed (out of memory): in_callback() says yes
+};
+DeepCallbacks& Deep() {
+  thread_local DeepCallbacks d;
+  return d;
+}
+[[gnu::noinline]] void PushDeep(sqlite3* db) {
+  try {
+    Deep().dbs.push_back(db);
+  } catch (...) {
+    ++Deep().lost;
+  }
+}
+[[gnu::noinline]] void PopDeep() {
+  DeepCallbacks& d = Deep();
+  if (d.lost > 0) {
+    --d.lost;
+  } else {
+    d.dbs.pop_back();
+  }
+}
+
 class InCallbackScope {
  public:
   InCallbackScope(HotTls& h, sqlite3* db) : h_(h) {
-    if (h_.depth < kMaxNest) h_.callbacks[h_.depth] = db;
+    if (__builtin_expect(h_.depth < kMaxNest, 1)) {
+      h_.callbacks[h_.depth] = db;
+    } else {
+      PushDeep(db);
+    }
     ++h_.depth;
   }
-  ~InCallbackScope() { --h_.depth; }
+  ~InCallbackScope() {
+    if (--h_.depth >= kMaxNest) PopDeep();
+  }
   InCallbackScope(const InCallbackScope&) = delete;
   InCallbackScope& operator=(const InCallbackScope&) = delete;
 
@@ -640,11 +671,12 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
 
 bool InCallback(sqlite3* db) {
   const HotTls& h = Hot();
-  // Deeper than the connections recorded: the ones not recorded could be db. Answering yes
-  // makes a binding refuse a close() or re-entry it might have allowed; answering no could
-  // let through one that crashes.
-  if (h.depth > kMaxNest) return true;
-  const int n = h.depth;
+  const int n = h.depth < kMaxNest ? h.depth : kMaxNest;
+  if (h.depth > kMaxNest) {
+    const DeepCallbacks& d = Deep();
+    // A connection whose push failed could be db: a refusal too many rather than a crash.
+    if (d.lost > 0 || std::find(d.dbs.begin(), d.dbs.end(), db) != d.dbs.end()) return true;
+  }
   return std::find(h.callbacks, h.callbacks + n, db) != h.callbacks + n;
 }
 

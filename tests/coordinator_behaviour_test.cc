@@ -74,6 +74,21 @@ std::string Json(sctest::Db& db, const std::string& json, const std::string& pat
   return db.Text("SELECT json_extract('" + json + "', '" + path + "')");
 }
 
+int64_t Stat(sctest::Db& db, const std::string& path) {
+  return std::stoll("0" + Json(db, db.Text("PRAGMA safeconc_stats"), path));
+}
+
+// Polls (through `probe`, a connection to the database) until another connection waits for
+// the write turn in line or has waited inside a lock call, or `limit` passed. The way a test
+// holds a lock "until the other one provably waits" without sleeping.
+void AwaitWaiter(sctest::Db& probe, Clock::duration limit = std::chrono::seconds(60)) {
+  const Clock::time_point until = Clock::now() + limit;
+  while (Stat(probe, "$.coordinator.queue_depth") == 0 &&
+         Stat(probe, "$.coordinator.in_lock_waits") == 0 && Clock::now() < until) {
+    std::this_thread::yield();
+  }
+}
+
 class CoordinatorBehaviour : public testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -140,12 +155,7 @@ TEST_P(CoordinatorBehaviour, EnforcedBusyHandlingWaitsForShortWriter) {
       holding.Open();
       // Hold the lock until the other connection is provably waiting for it.
       sctest::Db probe(uri_);
-      while (std::stoll("0" + Json(probe, probe.Text("PRAGMA safeconc_stats"),
-                                   "$.coordinator.queue_depth")) == 0 &&
-             std::stoll("0" + Json(probe, probe.Text("PRAGMA safeconc_stats"),
-                                   "$.coordinator.in_lock_waits")) == 0) {
-        std::this_thread::yield();
-      }
+      AwaitWaiter(probe);
       committed = true;
       w.Must("COMMIT");
     });
@@ -327,10 +337,8 @@ TEST_P(CoordinatorBehaviour, OtherProcessWriterIsWaitedFor) {
   std::thread release([&] {
     // Let the parent's writer be refused and poll a while, then let the child commit.
     sctest::Db watch(uri_);
-    while (std::stoll("0" + Json(watch, watch.Text("PRAGMA safeconc_stats"),
-                                 "$.coordinator.cross_process_busy")) == 0 &&
-           std::stoll("0" + Json(watch, watch.Text("PRAGMA safeconc_stats"),
-                                 "$.coordinator.in_lock_waits")) == 0) {
+    while (Stat(watch, "$.coordinator.cross_process_busy") == 0 &&
+           Stat(watch, "$.coordinator.in_lock_waits") == 0) {
       std::this_thread::yield();
     }
     char go = 'C';
@@ -348,10 +356,6 @@ TEST_P(CoordinatorBehaviour, OtherProcessWriterIsWaitedFor) {
 }
 
 // ---- Requests SQLite will not retry, and state a refusal must not leave behind -----------
-
-int64_t Stat(sctest::Db& db, const std::string& path) {
-  return std::stoll("0" + Json(db, db.Text("PRAGMA safeconc_stats"), path));
-}
 
 // A write made while one of the connection's own SELECT cursors is still open (autocommit
 // on: the ORM pattern) fails at once when the turn is busy, as SQLite's deadlock avoidance
@@ -430,7 +434,7 @@ TEST_F(CoordinatorWal, SerialKeepsTheTurnWhileItsCursorReadsAcrossAWalRestart) {
     other_rc = rc;
   });
   sctest::Db probe(uri_);
-  while (Stat(probe, "$.coordinator.queue_depth") == 0) std::this_thread::yield();
+  AwaitWaiter(probe);
   EXPECT_EQ(a.Exec("INSERT INTO t VALUES(1)"), SQLITE_OK) << a.error();
   EXPECT_EQ(a.Exec("INSERT INTO t VALUES(2)"), SQLITE_OK) << a.error();
   EXPECT_EQ(sqlite3_step(cursor), SQLITE_ROW);
@@ -465,10 +469,7 @@ TEST_F(CoordinatorWal, FailedTurnWaitAtAReadStartLeavesNothingPending) {
     holding.Open();
     sctest::Db probe(uri_);
     // Hold until b waits in line (bounded: if b failed at once there is nothing to wait for).
-    const Clock::time_point until = Clock::now() + std::chrono::seconds(10);
-    while (Stat(probe, "$.coordinator.queue_depth") == 0 && Clock::now() < until) {
-      std::this_thread::yield();
-    }
+    AwaitWaiter(probe, std::chrono::seconds(10));
     w.Must("COMMIT");
   });
   holding.Wait();

@@ -628,19 +628,22 @@ TEST_F(Trampoline, InCallbackFlagWhileCallbackRuns) {
   EXPECT_EQ(A()->in_callback(db.get()), 0);
 }
 
-// Nested deeper than the 16 connections in_callback records, it still says yes for the
-// connection whose callback runs: a UDF of db B called 17 callbacks deep (16 of db A above
-// it). Would catch the false "no" that let a binding's close() or re-entry through there.
+// Nested deeper than the 16 connections kept in in_callback's fast array, it still tells
+// exactly: inside a UDF of db B called 17 callbacks deep (16 of db A above it) it says yes
+// for B and no for C, which runs nothing. Would catch the false "no" that let a binding's
+// close() or re-entry through there, and a blanket "yes" that refused legitimate calls.
 TEST_F(Trampoline, InCallbackHoldsBeyondSixteenNestedCallbacks) {
   static sqlite3* s_a;
   static sqlite3* s_b;
-  static std::atomic<int> seen{-1};
+  static sqlite3* s_c;
+  static std::atomic<int> seen{-1}, seen_c{-1};
   // nest(n): n == 1 records in_callback(B); otherwise runs SELECT nest(n-1) on A, or on B for
   // the innermost call.
   auto nest = [](safeconc_ctx* c) {
     const int64_t n = A()->arg_int64(c, 0);
     if (n == 1) {
       seen = A()->in_callback(s_b);
+      seen_c = A()->in_callback(s_c);
       return A()->result_int64(c, 1);
     }
     sqlite3* db = n == 2 ? s_b : s_a;
@@ -651,14 +654,16 @@ TEST_F(Trampoline, InCallbackHoldsBeyondSixteenNestedCallbacks) {
     A()->result_int64(c, row ? sqlite3_column_int64(st, 0) + 1 : -1000);
     sqlite3_finalize(st);
   };
-  sctest::Db a(uri_), b(uri_);
+  sctest::Db a(uri_), b(uri_), c(uri_);
   s_a = a.get();
   s_b = b.get();
+  s_c = c.get();
   for (sqlite3* db : {a.get(), b.get()}) {
     ASSERT_EQ(A()->create_function(db, "nest", 1, 0, owner_, nullptr, nest, nullptr), SQLITE_OK);
   }
   EXPECT_EQ(a.Int("SELECT nest(17)"), 17);  // 16 callbacks of A, the 17th of B
   EXPECT_EQ(seen.load(), 1) << "in_callback(B) said no inside B's callback";
+  EXPECT_EQ(seen_c.load(), 0) << "in_callback(C) said yes, but C runs no callback";
   EXPECT_EQ(A()->in_callback(b.get()), 0);
 }
 
