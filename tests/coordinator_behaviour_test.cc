@@ -89,6 +89,33 @@ void AwaitWaiter(sctest::Db& probe, Clock::duration limit = std::chrono::seconds
   }
 }
 
+// A connection on its own thread that takes the write lock and commits as soon as another
+// connection provably waits for it (AwaitWaiter), or after `limit`.
+class WriterUntilWaited {
+ public:
+  explicit WriterUntilWaited(const std::string& uri,
+                             Clock::duration limit = std::chrono::seconds(60)) {
+    th_ = std::thread([this, uri, limit] {
+      sctest::Db w(uri);
+      w.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('writer')");
+      holding_.Open();
+      sctest::Db probe(uri);
+      AwaitWaiter(probe, limit);
+      committing_ = true;
+      w.Must("COMMIT");
+    });
+    holding_.Wait();
+  }
+  ~WriterUntilWaited() { th_.join(); }
+  // True once it saw the waiter and went on to commit.
+  bool committing() const { return committing_.load(); }
+
+ private:
+  Latch holding_;
+  std::atomic<bool> committing_{false};
+  std::thread th_;
+};
+
 class CoordinatorBehaviour : public testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -147,24 +174,11 @@ TEST_P(CoordinatorBehaviour, TimeoutHonouredAndLastBusyNamesHolder) {
 // after open (node:sqlite's default). Would catch "database is locked" at the first conflict.
 TEST_P(CoordinatorBehaviour, EnforcedBusyHandlingWaitsForShortWriter) {
   for (bool cleared : {false, true}) {
-    std::atomic<bool> committed{false};
-    Latch holding;
-    std::thread th([&] {
-      sctest::Db w(uri_);
-      w.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('w')");
-      holding.Open();
-      // Hold the lock until the other connection is provably waiting for it.
-      sctest::Db probe(uri_);
-      AwaitWaiter(probe);
-      committed = true;
-      w.Must("COMMIT");
-    });
-    holding.Wait();
+    WriterUntilWaited writer(uri_);
     sctest::Db db(uri_);
     if (cleared) sqlite3_busy_timeout(db.get(), 0);
     EXPECT_EQ(db.Exec("INSERT INTO t VALUES('waiter')"), SQLITE_OK) << db.error();
-    EXPECT_TRUE(committed.load());
-    th.join();
+    EXPECT_TRUE(writer.committing());
   }
 }
 
@@ -462,19 +476,10 @@ TEST_F(CoordinatorWal, FailedTurnWaitAtAReadStartLeavesNothingPending) {
   // A lower bound only: a loaded machine can only make the sleep longer.
   EXPECT_GE(MsSince(slept), 150) << "sqlite3_sleep returned at once";
   b.Must("PRAGMA safeconc_timeout=20000");
-  Latch holding;
-  std::thread writer2([&] {
-    sctest::Db w(uri_);
-    w.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('w2')");
-    holding.Open();
-    sctest::Db probe(uri_);
-    // Hold until b waits in line (bounded: if b failed at once there is nothing to wait for).
-    AwaitWaiter(probe, std::chrono::seconds(10));
-    w.Must("COMMIT");
-  });
-  holding.Wait();
+  // Holds until b waits in line (bounded: if b failed at once there is nothing to wait for).
+  WriterUntilWaited writer2(uri_, std::chrono::seconds(10));
   EXPECT_EQ(b.Exec("INSERT INTO t VALUES('b')"), SQLITE_OK) << b.error();
-  writer2.join();
+  EXPECT_TRUE(writer2.committing());
 }
 
 // A refusal record left on a worker thread (its binding's busy handler gave up) for a file
