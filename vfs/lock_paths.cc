@@ -343,10 +343,6 @@ int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, Blockers blo
   }
 }
 
-}  // namespace
-
-namespace {
-
 // After an EXCLUSIVE request: a refused one may leave the base at PENDING (unixLock keeps the
 // PENDING byte once it got it), which refuses new readers until the unlock; recording it
 // makes that unlock wake them (LockPathUnlock) instead of leaving them to poll. Where the
@@ -523,7 +519,7 @@ void LockPathShmBarrier(ShimFile* p) {
   // sends wal.c into retries with quadratically growing sleeps, seen as ~1 s stalls with
   // many threads. Safe point: no read mark is held yet.
   // A checkpoint reads the header too (holding CKPT, and never taking a read mark): not here.
-  // A turn wait that already failed in this read start is not repeated: each would wait out
+  // A turn wait that already failed in this lock period is not repeated: each would wait out
   // safeconc_timeout again, and wal.c calls the barrier on every retry of its read loop.
   if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && !p->turn_wait_failed &&
       TxnWantsTurn(p)) {
