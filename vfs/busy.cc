@@ -160,20 +160,6 @@ const char* const kFastFailMessage =
     "turn; SQLite fails this at once to avoid a deadlock (use BEGIN IMMEDIATE or "
     "safeconc_txn=immediate)";
 
-void NoteAcquisition(ShimFile* p) {
-  if (!p->pending.active) return;
-  Coordinator& c = *p->ticket->coord;
-  if (c.IsTentative(p->ticket.get())) {
-    // SQLite never came back for the queued request: it failed it at once (a read
-    // transaction that tried to write). Leave the line and remember why it failed.
-    c.Cancel(p->ticket.get(), Coordinator::CancelWhy::kFastFail);
-    RecordFailure(p, p->pending.lock, "fast_fail", kFastFailMessage);
-    // Its busy handler did not run: it may have been cleared. Probe again next time.
-    if (p->handler == ShimFile::Handler::kBinding) p->handler = ShimFile::Handler::kUnknown;
-    ClearRefusal(p);
-  }
-}
-
 int BusyHandler(void* arg, int count) {
   if (t_probing) {
     t_probe_ours = true;
@@ -268,9 +254,6 @@ int SleepHook(sqlite3_vfs* base, int micros) {
   return base->xSleep(base, micros);
 }
 
-std::string LastBusyJson(ShimFile* p) {
-  NoteAcquisition(p);  // a refusal SQLite never retried has failed by now
-  return p->last_busy;
-}
+std::string LastBusyJson(ShimFile* p) { return p->last_busy; }
 
 }  // namespace safeconc

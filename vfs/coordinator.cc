@@ -365,11 +365,6 @@ void Coordinator::Cancel(Ticket* t, CancelWhy why) {
   RefreshFrontLocked(Clock::now());
 }
 
-bool Coordinator::IsTentative(Ticket* t) {
-  MutexLock l(&mu_);
-  return t->queued && !t->confirmed;
-}
-
 void Coordinator::Close(Ticket* t) {
   MutexLock l(&mu_);
   const Clock::time_point now = Clock::now();

@@ -95,8 +95,8 @@ class Coordinator {
   enum class CancelWhy { kClosed, kTimeout, kFastFail, kGaveUp };
 
   // Leases: how long a front ticket with the turn free may stay unclaimed. An unconfirmed
-  // ticket's owner is between SQLITE_BUSY and its busy handler (microseconds, unless
-  // preempted); a confirmed one was woken and is retrying.
+  // ticket's owner may never come back (the lock paths queue only requests SQLite retries,
+  // as confirmed ones); a confirmed one was woken and is retrying.
   static constexpr std::chrono::milliseconds kTentativeLease{100};
   static constexpr std::chrono::milliseconds kConfirmedLease{1000};
 
@@ -132,8 +132,6 @@ class Coordinator {
   TurnWait WaitForTurn(Ticket* t, Clock::time_point until, bool confirm) SC_EXCLUDES(mu_);
   // Takes t out of the queue (if queued) and counts why.
   void Cancel(Ticket* t, CancelWhy why) SC_EXCLUDES(mu_);
-  // True if t is queued and not confirmed (SQLite may never come back for it).
-  bool IsTentative(Ticket* t) SC_EXCLUDES(mu_);
   // The file closed: leave every list, never hold the turn again.
   void Close(Ticket* t) SC_EXCLUDES(mu_);
   // False once t's file closed. A thread-local busy record names its file through the ticket

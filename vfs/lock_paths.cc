@@ -223,8 +223,15 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
   return SQLITE_BUSY;
 }
 
-// A WAL lock period ends (its read mark released, no write under way).
-void EndWalPeriod(ShimFile* p) {
+// Ends the WAL lock period if it is over: no read mark held, no write under way (wal.c swaps
+// READ_0 for another read mark while it holds WRITE, in walRestartLog: the first write into an
+// empty or fully checkpointed WAL), and not a read start whose pre-read turn still waits for
+// its read mark (wal.c takes and drops WRITE there for a recovery check after a torn WAL-index
+// header read). Dropping the turn earlier would hand it to another connection while this
+// one's cursors still read (their next write would fail) or send the read start to the back
+// of the line. Called after each read-mark and WRITE release.
+void MaybeEndWalPeriod(ShimFile* p) {
+  if (p->read_marks != 0 || (p->turn_reasons & kReasonWrite) != 0 || p->pre_read_turn) return;
   p->turn_wait_failed = false;
   DropReason(p, kReasonTxn);
 }
@@ -364,7 +371,6 @@ int LockPathLock(ShimFile* p, int level) {
   int rc;
   if (level == SQLITE_LOCK_SHARED && p->level == SQLITE_LOCK_NONE) {
     // A lock period starts (rollback mode; in WAL mode the first read of the connection).
-    NoteAcquisition(p);
     EnsureBusyHandler(p);
     bool took = false;
     if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
@@ -444,13 +450,8 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   if (offset == kWalWriteLock && n == 1 && (flags & SQLITE_SHM_EXCLUSIVE)) {
     if (!lock) {
       rc = o->pMethods->xShmLock(o, offset, n, flags);
-      const bool wrote = (p->turn_reasons & kReasonWrite) != 0;
       DropReason(p, kReasonWrite);
-      // A write that lost its read mark on the way (see the read-mark unlock below) ends the
-      // lock period here. Not a WRITE taken before the read mark of a read start the turn was
-      // taken for (wal.c's recovery check after a torn WAL-index header read): that lock
-      // period has not even begun.
-      if (wrote && p->read_marks == 0 && !p->pre_read_turn) EndWalPeriod(p);
+      MaybeEndWalPeriod(p);
       return rc;
     }
     if (p->turn_reasons == 0 && p->read_marks == 0) {
@@ -468,7 +469,6 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   if (read_mark && lock) {
     bool took = false;
     if (p->read_marks == 0) {
-      NoteAcquisition(p);
       EnsureBusyHandler(p);
       if (p->turn_reasons == 0 && !p->turn_wait_failed && TxnWantsTurn(p)) {
         // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL, so a read whose
@@ -503,11 +503,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   }
   rc = o->pMethods->xShmLock(o, offset, n, flags);
   if (read_mark && !lock && rc == SQLITE_OK && p->read_marks > 0 && --p->read_marks == 0) {
-    // The WAL lock period ends with its read mark, unless a write is under way: wal.c swaps
-    // READ_0 for another read mark while it holds WRITE (walRestartLog, the first write into
-    // an empty or fully checkpointed WAL). Dropping the turn there would hand it to another
-    // connection while this one's cursors still read, and their next write would fail.
-    if ((p->turn_reasons & kReasonWrite) == 0) EndWalPeriod(p);
+    MaybeEndWalPeriod(p);  // the WAL lock period ends with its read mark
   }
   return rc;
 }

@@ -58,9 +58,6 @@ void RecordFailure(ShimFile* p, const char* lock, const char* result, const std:
 // safeconc_last_busy()'s message for a write that SQLite failed at once (a read transaction
 // that tried to write while the turn was busy).
 extern const char* const kFastFailMessage;
-// A lock period starts: if p's last refusal was never retried (SQLite failed it at once, as
-// it does for a read transaction that tries to write), count the fast failure.
-void NoteAcquisition(ShimFile* p);
 
 // safeconc_last_busy() for the database file of p: JSON, or "" if no request failed yet.
 std::string LastBusyJson(ShimFile* p);
