@@ -15,25 +15,26 @@ const KnobInfo kKnobs[kKnobCount] = {
     {"safeconc_timeout", "an integer number of milliseconds from 0 to 86400000"},
     {"safeconc_txn", "one of deferred, immediate, serial"},
     {"safeconc_call_timeout", "an integer number of milliseconds from 0 to 86400000"},
+    {"safeconc_fair_ms", "an integer number of milliseconds from 0 to 1000"},
 };
 
 const char* const kTxnWords[] = {"deferred", "immediate", "serial"};
 
 // Written by safeconc_config() on any thread, read at every open. Relaxed: each default is
 // independent and an open that races a change may see either value.
-// Initial values: the contract's defaults (5000 ms, deferred, 10000 ms).
+// Initial values: the contract's defaults (5000 ms, deferred, 10000 ms, kDefaultFairMillis).
 std::atomic<int64_t> g_defaults[kKnobCount] = {
-    {5000}, {static_cast<int64_t>(TxnMode::kDeferred)}, {10000}};
+    {5000}, {static_cast<int64_t>(TxnMode::kDeferred)}, {10000}, {kDefaultFairMillis}};
 
 const KnobInfo& Info(Knob k) { return kKnobs[static_cast<int>(k)]; }
 
-bool ParseMillis(const char* s, int64_t* out) {
+bool ParseMillis(const char* s, int64_t max, int64_t* out) {
   if (s == nullptr || *s == '\0') return false;
   int64_t v = 0;
   for (const char* p = s; *p; ++p) {
     if (*p < '0' || *p > '9') return false;
     v = v * 10 + (*p - '0');
-    if (v > kMaxMillis) return false;  // also stops overflow of long digit strings
+    if (v > max) return false;  // also stops overflow of long digit strings
   }
   *out = v;
   return true;
@@ -65,7 +66,7 @@ bool ParseKnob(Knob k, const char* text, int64_t* out, std::string* err) {
       }
     }
   } else {
-    ok = ParseMillis(text, out);
+    ok = ParseMillis(text, k == Knob::kFairMs ? kMaxFairMillis : kMaxMillis, out);
   }
   if (!ok && err != nullptr) {
     *err = std::string(KnobName(k)) + ": bad value '" + (text ? text : "") + "': expected " +

@@ -1,4 +1,4 @@
-// knobs.h - the three tuning knobs of the contract, their parsing, validation and the
+// knobs.h - the four tuning knobs of the contract, their parsing, validation and the
 // process-wide defaults that new connections start with.
 //
 // A knob is set per connection (URI parameter at open, PRAGMA later) and stored on that
@@ -17,12 +17,15 @@
 
 namespace safeconc {
 
-enum class Knob : int { kTimeout = 0, kTxn = 1, kCallTimeout = 2 };
-constexpr int kKnobCount = 3;
+enum class Knob : int { kTimeout = 0, kTxn = 1, kCallTimeout = 2, kFairMs = 3 };
+constexpr int kKnobCount = 4;
 
 enum class TxnMode : int64_t { kDeferred = 0, kImmediate = 1, kSerial = 2 };
 
 constexpr int64_t kMaxMillis = 86400000;  // one day
+constexpr int64_t kMaxFairMillis = 1000;   // safeconc_fair_ms: past a second fairness is moot
+// safeconc_fair_ms's default: see vfs/timing.h for the measurement behind it.
+constexpr int64_t kDefaultFairMillis = 2;
 
 // The knob's SQL/URI name, e.g. "safeconc_timeout".
 const char* KnobName(Knob k);
