@@ -1,6 +1,7 @@
-// coordinator_unit_test.cc - the write-turn queue and its state machine, driven directly
-// through vfs/coordinator.h (no SQLite in the loop): FIFO grants, places kept across a
-// refusal, leases for vanished waiters, same-thread deadlock, timeouts, close.
+// coordinator_unit_test.cc - the write turn's line and its fairness policy, driven directly
+// through vfs/coordinator.h (no SQLite in the loop): strict FIFO at safeconc_fair_ms=0,
+// barging within the bound, the hand-off past it, upgrades, lapsed reservations, timeouts,
+// close, and threads that are not owners.
 #include "vfs/coordinator.h"
 
 #include <gtest/gtest.h>
@@ -48,13 +49,23 @@ void WaitUntil(const std::function<bool()>& cond) {
   while (!cond()) std::this_thread::yield();
 }
 
-// Waiters are granted in the order they arrived, whatever order the OS wakes threads in.
-// Would catch a notify_all/"first to wake wins" queue.
-TEST(CoordinatorQueue, GrantsInArrivalOrder) {
+using Ask = Coordinator::Ask;
+using Grant = Coordinator::Grant;
+constexpr Clock::duration kFifo = milliseconds(0);
+constexpr Clock::duration kNeverFair = milliseconds(600000);
+
+// Takes the free turn for t (the test's setup step).
+void Take(Fixture& f, Ticket* t, uint64_t tid) {
+  ASSERT_EQ(f.c->TryTurn(t, Ask::kWrite, tid, kFifo, /*queue=*/false), Grant::kGranted);
+}
+
+// With safeconc_fair_ms=0 every release hands the turn to the front waiter: grants follow
+// arrival order whatever order the OS wakes threads in, and nothing barges. Would catch a
+// notify_all/"first to wake wins" line, or barging when the knob says FIFO.
+TEST(CoordinatorLine, FairZeroIsStrictFifo) {
   Fixture f;
   Ticket* holder = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(holder, false, true, In(milliseconds(0)), 1),
-            Coordinator::Grant::kGranted);
+  Take(f, holder, 1);
   constexpr int kWaiters = 8;
   std::mutex mu;
   std::vector<int> order;
@@ -62,145 +73,198 @@ TEST(CoordinatorQueue, GrantsInArrivalOrder) {
   for (int i = 0; i < kWaiters; ++i) {
     Ticket* t = f.New();
     threads.emplace_back([&, t, i] {
-      auto g = f.c->AcquireTurn(t, /*may_wait=*/true, true, In(milliseconds(60000)), 100 + i);
-      ASSERT_EQ(g, Coordinator::Grant::kGranted);
+      ASSERT_EQ(f.c->AcquireTurn(t, In(milliseconds(60000)), 100 + i, kFifo), Grant::kGranted);
       {
         std::lock_guard<std::mutex> l(mu);
         order.push_back(i);
       }
       f.c->ReleaseTurn(t);
     });
-    WaitUntil([&] { return f.Queued() == i + 1; });  // arrival order is i
+    WaitUntil([&] { return f.c->Rest().parked == i + 1; });  // arrival order is i
   }
   f.c->ReleaseTurn(holder);
   for (auto& th : threads) th.join();
   std::vector<int> expected(kWaiters);
   for (int i = 0; i < kWaiters; ++i) expected[i] = i;
   EXPECT_EQ(order, expected);
-  EXPECT_EQ(f.Stat("overtakes"), 0);
+  EXPECT_EQ(f.Stat("barges"), 0);
+  EXPECT_EQ(f.Stat("handoffs"), kWaiters);
   EXPECT_EQ(f.Stat("waits"), kWaiters);
 }
 
-// A request refused where it may not wait keeps its place while its owner is in the busy
-// handler; a later arrival that may wait is not served first. Would catch an overtake on
-// the retry path (the request leaving the queue when SQLITE_BUSY is returned).
-TEST(CoordinatorQueue, RefusedRequestKeepsItsPlace) {
+// Within the bound, a running writer retakes the turn it just released ahead of a waiter (a
+// warm cache, no context switch); the waiter is woken and gets it when the writer stops.
+// Would catch a coordinator that still hands off on every release.
+TEST(CoordinatorLine, RunningWriterBargesWithinTheBound) {
   Fixture f;
-  Ticket *holder = f.New(), *refused = f.New(), *later = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(holder, false, true, In(milliseconds(0)), 1),
-            Coordinator::Grant::kGranted);
-  ASSERT_EQ(f.c->AcquireTurn(refused, /*may_wait=*/false, true, In(milliseconds(0)), 2),
-            Coordinator::Grant::kQueued);
-  std::atomic<bool> later_granted{false};
+  Ticket *writer = f.New(), *waiter = f.New();
+  Take(f, writer, 1);
   std::thread th([&] {
-    EXPECT_EQ(f.c->AcquireTurn(later, true, true, In(milliseconds(60000)), 3),
-              Coordinator::Grant::kGranted);
-    later_granted = true;
-    f.c->ReleaseTurn(later);
+    EXPECT_EQ(f.c->AcquireTurn(waiter, In(milliseconds(60000)), 2, kNeverFair), Grant::kGranted);
+    f.c->ReleaseTurn(waiter);
   });
-  WaitUntil([&] { return f.Queued() == 2; });
-  f.c->ReleaseTurn(holder);
-  // The busy handler's wait: it is `refused`'s turn, not `later`'s.
-  EXPECT_EQ(f.c->WaitForTurn(refused, In(milliseconds(60000)), true),
-            Coordinator::TurnWait::kReady);
-  EXPECT_FALSE(later_granted.load());
-  EXPECT_EQ(f.c->AcquireTurn(refused, false, true, In(milliseconds(0)), 2),
-            Coordinator::Grant::kGranted);
-  f.c->ReleaseTurn(refused);
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  int retaken = 0;
+  for (int i = 0; i < 1000; ++i) {
+    f.c->ReleaseTurn(writer);
+    if (f.c->TryTurn(writer, Ask::kWrite, 1, kNeverFair, /*queue=*/false) == Grant::kGranted) {
+      ++retaken;
+    } else {
+      break;  // the woken waiter was quicker: allowed too
+    }
+  }
+  f.c->ReleaseTurn(writer);
   th.join();
-  EXPECT_TRUE(later_granted.load());
-  EXPECT_EQ(f.Stat("overtakes"), 0);
+  EXPECT_GT(retaken, 0);
+  // A barge is counted when the waiter was parked; a retake while it was between two parks
+  // (woken, running, parking again) overtook nobody who could have been served.
+  EXPECT_GT(f.Stat("barges"), 0);
+  EXPECT_LE(f.Stat("barges"), retaken);
+  EXPECT_LT(f.Stat("max_overtaken_wait_us"), 600000000);
 }
 
-// A refused request whose owner never comes back (SQLite failed it at once) does not block
-// the queue for longer than its lease, and is not counted as overtaken. Would catch a
-// queue that stalls forever behind a vanished waiter.
-TEST(CoordinatorQueue, VanishedWaiterIsPassedAfterLease) {
+// Once the front waiter has waited its bound, the release reserves the turn for it: the
+// releasing writer cannot retake it, the waiter gets it (a hand-off). Would catch starvation.
+TEST(CoordinatorLine, WaiterPastItsBoundGetsTheHandoff) {
   Fixture f;
-  Ticket *holder = f.New(), *vanished = f.New(), *waiter = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(holder, false, true, In(milliseconds(0)), 1),
-            Coordinator::Grant::kGranted);
-  ASSERT_EQ(f.c->AcquireTurn(vanished, false, /*confirmed=*/false, In(milliseconds(0)), 2),
-            Coordinator::Grant::kQueued);
+  Ticket *writer = f.New(), *waiter = f.New();
+  Take(f, writer, 1);
+  std::atomic<bool> granted{false};
+  std::thread th([&] {
+    EXPECT_EQ(f.c->AcquireTurn(waiter, In(milliseconds(60000)), 2, milliseconds(1)),
+              Grant::kGranted);
+    granted = true;
+    f.c->ReleaseTurn(waiter);
+  });
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  std::this_thread::sleep_for(milliseconds(5));  // the waiter passes its 1 ms bound
+  f.c->ReleaseTurn(writer);
+  const Grant g = f.c->TryTurn(writer, Ask::kWrite, 1, kNeverFair, /*queue=*/false);
+  EXPECT_NE(g, Grant::kGranted);
+  th.join();
+  EXPECT_TRUE(granted.load());
+  EXPECT_EQ(f.Stat("handoffs"), 1);
+  EXPECT_EQ(f.Stat("barges"), 0);
+}
+
+// A read transaction that asks to write takes any free turn, even one reserved for a waiter
+// (stock SQLite grants a free write lock whoever waits); a writer that SQLite retries does
+// not. Would catch more upgrade failures than stock.
+TEST(CoordinatorLine, UpgradeTakesAFreeTurnWhoeverWaits) {
+  Fixture f;
+  Ticket *writer = f.New(), *waiter = f.New(), *upgrader = f.New(), *newcomer = f.New();
+  Take(f, writer, 1);
+  ASSERT_EQ(f.c->TryTurn(waiter, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
+  std::atomic<int> stage{0};
+  std::thread th([&] {  // the busy handler's side of the waiter
+    EXPECT_EQ(f.c->WaitForTurn(waiter, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
+    stage = 1;
+    WaitUntil([&] { return stage.load() == 2; });
+    // Its retry: the upgrader holds the turn now; it queues again, keeping its place.
+    EXPECT_EQ(f.c->TryTurn(waiter, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
+    EXPECT_EQ(f.c->WaitForTurn(waiter, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
+    EXPECT_EQ(f.c->TryTurn(waiter, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kGranted);
+    f.c->ReleaseTurn(waiter);
+  });
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  f.c->ReleaseTurn(writer);  // reserved for the waiter (fair = 0)
+  WaitUntil([&] { return stage.load() == 1; });
+  EXPECT_TRUE(f.c->Rest().reserved);
+  EXPECT_EQ(f.c->TryTurn(newcomer, Ask::kWrite, 4, kFifo, /*queue=*/false), Grant::kRefused);
+  EXPECT_EQ(f.c->TryTurn(upgrader, Ask::kUpgrade, 3, kFifo, /*queue=*/false), Grant::kGranted);
+  EXPECT_EQ(f.Stat("upgrade_barges"), 1);
+  stage = 2;
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  f.c->ReleaseTurn(upgrader);
+  th.join();
+  EXPECT_FALSE(f.c->Rest().held);
+}
+
+// A turn reserved for a woken waiter that never comes back to claim it (its retry failed for
+// another reason) is free again after the claim lease. Would catch a line stalled for ever.
+TEST(CoordinatorLine, UnclaimedReservationLapses) {
+  Fixture f;
+  Ticket *writer = f.New(), *vanished = f.New(), *next = f.New();
+  Take(f, writer, 1);
+  ASSERT_EQ(f.c->TryTurn(vanished, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
+  std::thread gone([&] {
+    EXPECT_EQ(f.c->WaitForTurn(vanished, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
+  });
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
   Clock::duration waited{};
   std::thread th([&] {
     const Clock::time_point start = Clock::now();
-    EXPECT_EQ(f.c->AcquireTurn(waiter, true, true, In(milliseconds(4000)), 3),
-              Coordinator::Grant::kGranted);
+    EXPECT_EQ(f.c->AcquireTurn(next, In(milliseconds(30000)), 3, kFifo), Grant::kGranted);
     waited = Clock::now() - start;
-    f.c->ReleaseTurn(waiter);
+    f.c->ReleaseTurn(next);
   });
-  WaitUntil([&] { return f.Queued() == 2; });
-  f.c->ReleaseTurn(holder);
+  WaitUntil([&] { return f.c->Rest().parked == 2; });
+  f.c->ReleaseTurn(writer);
+  gone.join();
   th.join();
-  // Passed when the 100 ms lease ran out, not at the waiter's own 4 s deadline (which would
-  // mean nobody watched the lease). 3 s: a generous bound for a loaded machine.
-  EXPECT_LT(waited, milliseconds(3000));
-  EXPECT_EQ(f.Stat("lease_expired"), 1);
-  EXPECT_EQ(f.Stat("overtakes"), 0);
-  // Had it been waiting after all (it confirms late), the pass is an overtake and counted.
-  EXPECT_EQ(f.c->WaitForTurn(vanished, In(milliseconds(60000)), true),
-            Coordinator::TurnWait::kReady);
-  EXPECT_EQ(f.Stat("overtakes"), 1);
+  // Granted when the 20 ms claim lease ran out, not at its own 30 s deadline (which would mean
+  // nobody timed the lease). 10 s: a generous bound for a loaded machine.
+  EXPECT_LT(waited, milliseconds(10000));
+  EXPECT_EQ(f.Stat("claim_lapsed"), 1);
   f.c->Cancel(vanished, Coordinator::CancelWhy::kGaveUp);
+  const RestState r = f.c->Rest();
+  EXPECT_FALSE(r.held || r.reserved || r.queued != 0 || r.parked != 0);
 }
 
-// Asking for the turn on the thread that already holds it through another handle fails at
-// once instead of waiting for itself. Would catch a wait that can only end in a timeout.
-TEST(CoordinatorQueue, SameThreadRequestIsSelfDeadlock) {
+// Threads are not owners: a request on the thread the holder was last used on waits like any
+// other (a thread pool may finish the holder's transaction elsewhere), and the coordinator
+// reports the thread. Would catch the old same-thread refusal.
+TEST(CoordinatorLine, SameThreadWaitsAndIsReported) {
   Fixture f;
   Ticket *a = f.New(), *b = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(a, false, true, In(milliseconds(0)), 42),
-            Coordinator::Grant::kGranted);
-  const Clock::time_point start = Clock::now();
-  EXPECT_EQ(f.c->AcquireTurn(b, true, true, In(milliseconds(60000)), 42),
-            Coordinator::Grant::kSelfDeadlock);
-  EXPECT_LT(Clock::now() - start, milliseconds(30000));  // did not wait for the deadline
-  EXPECT_EQ(f.Stat("self_deadlocks"), 1);
-  EXPECT_EQ(f.Queued(), 0);
+  a->last_tid = 42;
+  Take(f, a, 42);
+  EXPECT_TRUE(f.c->HolderLastOnThread(b, 42));
+  EXPECT_FALSE(f.c->HolderLastOnThread(a, 42));
+  std::thread other([&] {  // another thread finishes a's transaction
+    WaitUntil([&] { return f.c->Rest().parked == 1; });
+    f.c->ReleaseTurn(a);
+  });
+  EXPECT_EQ(f.c->AcquireTurn(b, In(milliseconds(60000)), 42, kFifo), Grant::kGranted);
+  other.join();
+  f.c->ReleaseTurn(b);
 }
 
 // A waiter gives up at its deadline and leaves the line; the next one is still served.
-TEST(CoordinatorQueue, TimeoutLeavesTheLine) {
+TEST(CoordinatorLine, TimeoutLeavesTheLine) {
   Fixture f;
   Ticket *holder = f.New(), *impatient = f.New(), *next = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(holder, false, true, In(milliseconds(0)), 1),
-            Coordinator::Grant::kGranted);
-  EXPECT_EQ(f.c->AcquireTurn(impatient, true, true, In(milliseconds(20)), 2),
-            Coordinator::Grant::kTimeout);
+  Take(f, holder, 1);
+  EXPECT_EQ(f.c->AcquireTurn(impatient, In(milliseconds(20)), 2, kFifo), Grant::kTimeout);
   EXPECT_EQ(f.Stat("timeouts"), 1);
   EXPECT_EQ(f.Queued(), 0);
-  ASSERT_EQ(f.c->AcquireTurn(next, false, true, In(milliseconds(0)), 3),
-            Coordinator::Grant::kQueued);
+  ASSERT_EQ(f.c->TryTurn(next, Ask::kWrite, 3, kFifo, /*queue=*/true), Grant::kQueued);
   f.c->ReleaseTurn(holder);
-  EXPECT_EQ(f.c->WaitForTurn(next, In(milliseconds(60000)), true), Coordinator::TurnWait::kReady);
+  EXPECT_EQ(f.c->WaitForTurn(next, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
 }
 
-// Closing a handle takes it out of the line and gives back a turn it still held, waking the
-// next waiter. Would catch a closed connection blocking the database forever.
-TEST(CoordinatorQueue, CloseLeavesTheLineAndFreesTheTurn) {
+// Closing a handle takes it out of the line and gives back a turn it still held. Would catch
+// a closed connection blocking the database forever.
+TEST(CoordinatorLine, CloseLeavesTheLineAndFreesTheTurn) {
   Fixture f;
   Ticket *holder = f.New(), *queued = f.New(), *next = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(holder, false, true, In(milliseconds(0)), 1),
-            Coordinator::Grant::kGranted);
-  ASSERT_EQ(f.c->AcquireTurn(queued, false, true, In(milliseconds(0)), 2),
-            Coordinator::Grant::kQueued);
-  ASSERT_EQ(f.c->AcquireTurn(next, false, true, In(milliseconds(0)), 3),
-            Coordinator::Grant::kQueued);
+  Take(f, holder, 1);
+  ASSERT_EQ(f.c->TryTurn(queued, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
+  ASSERT_EQ(f.c->TryTurn(next, Ask::kWrite, 3, kFifo, /*queue=*/true), Grant::kQueued);
   f.c->Close(queued);
   f.c->Close(holder);
-  EXPECT_EQ(f.c->WaitForTurn(next, In(milliseconds(60000)), true), Coordinator::TurnWait::kReady);
-  EXPECT_EQ(f.c->WaitForTurn(queued, In(milliseconds(0)), true), Coordinator::TurnWait::kNotQueued);
+  EXPECT_EQ(f.c->WaitForTurn(next, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
+  EXPECT_EQ(f.c->WaitForTurn(queued, In(milliseconds(0))), Coordinator::TurnWait::kNotQueued);
 }
 
 // The holder yielding after a refusal by another process stays first in line.
-TEST(CoordinatorQueue, YieldKeepsFirstPlace) {
+TEST(CoordinatorLine, YieldKeepsFirstPlace) {
   Fixture f;
   Ticket *a = f.New(), *b = f.New();
-  ASSERT_EQ(f.c->AcquireTurn(a, false, true, In(milliseconds(0)), 1), Coordinator::Grant::kGranted);
+  Take(f, a, 1);
   f.c->YieldTurnKeepPlace(a);
-  EXPECT_EQ(f.c->AcquireTurn(b, false, true, In(milliseconds(0)), 2), Coordinator::Grant::kQueued);
-  EXPECT_EQ(f.c->AcquireTurn(a, false, true, In(milliseconds(0)), 1), Coordinator::Grant::kGranted);
+  EXPECT_EQ(f.c->TryTurn(b, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
+  EXPECT_EQ(f.c->TryTurn(a, Ask::kWrite, 1, kFifo, /*queue=*/true), Grant::kGranted);
   EXPECT_EQ(f.Stat("cross_process_busy"), 1);
 }
 

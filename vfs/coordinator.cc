@@ -5,7 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <thread>
+
+#include "vfs/timing.h"
 
 namespace safeconc {
 namespace {
@@ -21,27 +22,23 @@ uint64_t CurrentThreadId() {
   return tid;
 }
 
-// ---- Queue primitives (all under mu_) --------------------------------------------------
+// ---- The line (all under mu_) -----------------------------------------------------------
 
 Ticket* Coordinator::FrontLocked() const {
   Ticket* t = head_;
-  while (t != nullptr && t->expired) t = t->next;
+  while (t != nullptr && t->parked == 0 && t != reserved_) t = t->next;
   return t;
 }
 
-bool Coordinator::EligibleLocked(Ticket* t) const {
-  if (holder_ != nullptr) return false;
-  Ticket* f = FrontLocked();
-  return f == nullptr || f == t;
+Ticket* Coordinator::LiveAheadOfLocked(Ticket* t) const {
+  // t itself counts as live: it is the one asking (woken, it is no longer parked).
+  for (Ticket* u = head_; u != nullptr && u != t; u = u->next) {
+    if (u->parked > 0 || u == reserved_) return u;
+  }
+  return nullptr;
 }
 
-void Coordinator::LinkLocked(Ticket* t, bool at_front, Clock::time_point now) {
-  if (t->queued) RemoveLocked(t);
-  t->seq = at_front ? 0 : ++next_seq_;  // 0: first in line by construction
-  t->arrived = now;
-  t->confirmed = false;
-  t->expired = false;
-  t->passed = 0;
+void Coordinator::LinkLocked(Ticket* t, bool at_front) {
   if (at_front) {
     t->prev = nullptr;
     t->next = head_;
@@ -65,19 +62,20 @@ void Coordinator::LinkLocked(Ticket* t, bool at_front, Clock::time_point now) {
   UpdateHintLocked();
 }
 
-void Coordinator::EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now) {
-  if (!t->queued) LinkLocked(t, /*at_front=*/false, now);  // a retry keeps its place
-  if (confirmed) ConfirmLocked(t, now);
-  RefreshFrontLocked(now);
-}
-
-void Coordinator::EnqueueFrontLocked(Ticket* t, Clock::time_point now) {
-  LinkLocked(t, /*at_front=*/true, now);
-  ConfirmLocked(t, now);
-  RefreshFrontLocked(now);
+void Coordinator::EnqueueLocked(Ticket* t, Clock::duration fair, Clock::time_point now) {
+  if (t->queued && now - t->seen < timing::kStaleTicket) {
+    t->seen = now;  // a retry: keeps its place and its arrival time
+    return;
+  }
+  RemoveLocked(t);  // a stale place (its owner left) is given up: a new arrival
+  t->arrived = now;
+  t->seen = now;
+  t->fair = fair;
+  LinkLocked(t, /*at_front=*/false);
 }
 
 void Coordinator::RemoveLocked(Ticket* t) {
+  if (reserved_ == t) reserved_ = nullptr;
   if (!t->queued) return;
   if (t->prev)
     t->prev->next = t->next;
@@ -90,62 +88,104 @@ void Coordinator::RemoveLocked(Ticket* t) {
   t->prev = t->next = nullptr;
   t->queued = false;
   --queue_len_;
-  if (ready_ == t) ready_ = nullptr;
   UpdateHintLocked();
 }
 
-void Coordinator::ConfirmLocked(Ticket* t, Clock::time_point now) {
-  if (!t->queued) return;
-  if (!t->confirmed) {
-    t->confirmed = true;
-    // It was waiting all along: grants that passed it while it looked abandoned overtook it.
-    stats_.overtakes += t->passed;
-    t->passed = 0;
-  }
-  if (t->expired) {
-    t->expired = false;
-    ready_ = nullptr;  // the front may have changed back to t
-  }
-  if (ready_ == t) t->lease_start = now;  // renew: its owner is alive
+void Coordinator::ParkLocked(Ticket* t, Clock::time_point until) {
+  ++t->parked;
+  ++parked_;
+  t->cv.WaitUntil(&mu_, until);
+  --t->parked;
+  --parked_;
+  t->seen = Clock::now();
 }
 
-void Coordinator::RefreshFrontLocked(Clock::time_point now) {
-  if (holder_ != nullptr) return;
+bool Coordinator::MayTakeLocked(Ticket* t, Ask ask, Clock::time_point now) {
+  if (holder_ != nullptr) return false;
+  if (ask == Ask::kUpgrade) return true;  // stock SQLite grants any free write lock
+  if (reserved_ != nullptr) {
+    if (reserved_ == t) return true;
+    if (reserved_->parked > 0 || now < reserved_until_) return false;
+    ++stats_.claim_lapsed;  // its waiter did not come back in time: the turn is free again
+    reserved_ = nullptr;
+  }
+  Ticket* f = LiveAheadOfLocked(t);
+  if (f == nullptr) return true;
+  // Barging is allowed while the front waiter is within its bound (fair == 0: never).
+  return now - f->arrived < f->fair;
+}
+
+void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_point now) {
+  Ticket* f = reserved_ == t ? nullptr : LiveAheadOfLocked(t);
+  if (f != nullptr) {
+    ++stats_.barges;
+    if (ask == Ask::kUpgrade && now - f->arrived >= f->fair) {
+      ++stats_.upgrade_barges;
+    } else {
+      stats_.max_overtaken_wait_us = std::max(stats_.max_overtaken_wait_us, Micros(now - f->arrived));
+    }
+  }
+  if (reserved_ == t) {
+    ++stats_.handoffs;
+    reserved_ = nullptr;
+  }
+  if (t->queued) {
+    ++stats_.waits;
+    stats_.wait_us.Add(static_cast<uint64_t>(Micros(now - t->arrived)));
+    if (released_at_ > t->arrived) {
+      stats_.release_to_grant_us.Add(static_cast<uint64_t>(Micros(now - released_at_)));
+    }
+    RemoveLocked(t);
+  }
+  ++stats_.acquisitions;
+  holder_ = t;
+  holder_tid_ = tid;
+  holder_since_ = now;
+  holder_pre_read_ = false;
+  UpdateHintLocked();
+}
+
+void Coordinator::OnFreeLocked(Clock::time_point now) {
+  released_at_ = now;
   Ticket* f = FrontLocked();
-  if (f == nullptr || f == ready_) return;
-  ready_ = f;
-  f->ready_since = now;
-  f->lease_start = now;
-  // Only the front is woken: one wake-up per hand-over. Whoever waits behind it notices a
-  // lease running out through the capped sleep of WakeDeadlineLocked.
+  if (f == nullptr) return;
+  if (now - f->arrived >= f->fair && reserved_ == nullptr) {
+    reserved_ = f;
+    reserved_until_ = now + timing::kClaimLease;
+  }
+  // One wake-up per release: the front waiter either takes the turn or, if a running writer
+  // was quicker (allowed while it is within its bound), parks again.
   f->cv.Signal();
 }
 
-Clock::time_point Coordinator::LeaseDeadlineLocked(Ticket* self) const {
-  if (holder_ != nullptr && holder_pre_read_) return holder_since_ + kPreReadLease;
-  if (holder_ != nullptr || ready_ == nullptr || ready_ == self) return Clock::time_point::max();
-  return ready_->lease_start + (ready_->confirmed ? kConfirmedLease : kTentativeLease);
+Clock::time_point Coordinator::WakeLocked(Ticket* t, Clock::time_point until,
+                                          Clock::time_point now) const {
+  // A release wakes the front waiter; everything else that can free the turn is a lapse of
+  // time (a reservation not claimed, a pre-read turn revoked), which no one signals: a waiter
+  // never sleeps past the end of a reservation for another, nor longer than kPreReadLease.
+  Clock::time_point wake = std::min(until, now + timing::kPreReadLease);
+  if (reserved_ != nullptr && reserved_ != t) wake = std::min(wake, reserved_until_);
+  return wake;
 }
 
-Clock::time_point Coordinator::WakeDeadlineLocked(Ticket* self, Clock::time_point until,
-                                                  Clock::time_point now) const {
-  // A waiter is not woken when the ticket ahead of it becomes front (that would be a second
-  // wake-up per hand-over, measured at ~1.2 extra context switches per transaction). So it
-  // never sleeps longer than the shortest lease: a front that became ready while it slept
-  // cannot have used up its lease before the waiter wakes, re-reads LeaseDeadlineLocked and
-  // times its next sleep to that lease's end exactly.
-  return std::min({until, LeaseDeadlineLocked(self), now + kTentativeLease});
-}
-
-void Coordinator::RevokeStaleLocked(Clock::time_point now) {
-  if (holder_ == nullptr || !holder_pre_read_ || now < holder_since_ + kPreReadLease) return;
-  ++stats_.revoked;
+void Coordinator::ClearHolderLocked() {
   holder_ = nullptr;
   holder_tid_ = 0;
   holder_pre_read_ = false;
-  releases_.fetch_add(1, std::memory_order_release);
   UpdateHintLocked();
-  RefreshFrontLocked(now);
+}
+
+void Coordinator::UpdateHintLocked() {
+  contended_.store(holder_ != nullptr || queue_len_ > 0, std::memory_order_relaxed);
+}
+
+void Coordinator::RevokeStaleLocked(Clock::time_point now) {
+  if (holder_ == nullptr || !holder_pre_read_ || now < holder_since_ + timing::kPreReadLease) {
+    return;
+  }
+  ++stats_.revoked;
+  ClearHolderLocked();
+  OnFreeLocked(now);
   BumpGenerationLocked();
 }
 
@@ -156,68 +196,6 @@ bool Coordinator::ReadStarted(Ticket* t) {
   return true;
 }
 
-void Coordinator::ExpireLocked(Clock::time_point now) {
-  RevokeStaleLocked(now);
-  while (holder_ == nullptr && ready_ != nullptr &&
-         now >= ready_->lease_start + (ready_->confirmed ? kConfirmedLease : kTentativeLease)) {
-    ready_->expired = true;
-    ++stats_.lease_expired;
-    ready_ = nullptr;
-    RefreshFrontLocked(now);
-  }
-}
-
-void Coordinator::GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) {
-  // Expired tickets ahead of t are passed. A confirmed one is still waiting: an overtake.
-  // An unconfirmed one is counted only if its owner turns out to be waiting after all.
-  for (Ticket* e = head_; e != nullptr && e != t; e = e->next) {
-    if (!e->expired) break;
-    if (e->confirmed)
-      ++stats_.overtakes;
-    else
-      ++e->passed;
-  }
-  if (t->queued) {
-    ++stats_.waits;
-    stats_.wait_us.Add(static_cast<uint64_t>(Micros(now - t->arrived)));
-    if (ready_ == t) {
-      stats_.release_to_grant_us.Add(static_cast<uint64_t>(Micros(now - t->ready_since)));
-    }
-    RemoveLocked(t);
-  }
-  ++stats_.acquisitions;
-  holder_ = t;
-  holder_tid_ = tid;
-  holder_since_ = now;
-  holder_pre_read_ = false;
-  UpdateHintLocked();
-  // The next in line becomes the one right behind the holder: wake it to spin.
-  if (SpinEnabled()) {
-    if (Ticket* next = FrontLocked()) next->cv.Signal();
-  }
-}
-
-void Coordinator::UpdateHintLocked() {
-  contended_.store(holder_ != nullptr || queue_len_ > 0, std::memory_order_relaxed);
-}
-
-bool Coordinator::SpinEnabled() {
-  static const bool enabled = std::thread::hardware_concurrency() >= 4;
-  return enabled;
-}
-
-void Coordinator::SpinBehindHolderLocked(Ticket* /*t*/) {
-  const uint64_t seen = releases_.load(std::memory_order_acquire);
-  mu_.Unlock();
-  const Clock::time_point until = Clock::now() + kSpin;
-  while (releases_.load(std::memory_order_acquire) == seen && Clock::now() < until) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
-  mu_.Lock();
-}
-
 void Coordinator::BumpGenerationLocked() {
   ++generation_;
   if (change_waiters_ > 0) changed_.SignalAll();
@@ -225,150 +203,124 @@ void Coordinator::BumpGenerationLocked() {
 
 // ---- The write turn --------------------------------------------------------------------
 
-Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, bool may_wait, bool confirmed,
-                                            Clock::time_point deadline, uint64_t tid,
-                                            bool pre_read) {
+Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid,
+                                            Clock::duration fair, bool pre_read) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
   if (holder_ == t) return Grant::kGranted;
-  ExpireLocked(now);
-  if (holder_ != nullptr && holder_tid_ == tid) {
-    // Waiting would wait for ourselves. (SQLite connections are not re-entrant across
-    // threads mid-call, so a holder on this thread cannot make progress while we wait.)
-    ++stats_.self_deadlocks;
-    if (t->queued) {
-      RemoveLocked(t);
-      RefreshFrontLocked(now);
-    }
-    return Grant::kSelfDeadlock;
-  }
-  if (EligibleLocked(t)) {
-    GrantLocked(t, tid, now);
+  RevokeStaleLocked(now);
+  if (MayTakeLocked(t, Ask::kWrite, now)) {
+    GrantLocked(t, Ask::kWrite, tid, now);
     holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
-  if (!may_wait) {
-    EnqueueLocked(t, confirmed, now);
-    ++stats_.busy_returns;
-    return Grant::kQueued;
-  }
-  EnqueueLocked(t, /*confirmed=*/true, now);
-  for (bool spun = false;;) {
-    if (!spun && SpinEnabled() && holder_ != nullptr && FrontLocked() == t) {
-      SpinBehindHolderLocked(t);
-      spun = true;
-    } else {
-      t->cv.WaitUntil(&mu_, WakeDeadlineLocked(t, deadline, now));
-      spun = false;
-    }
+  EnqueueLocked(t, fair, now);
+  for (;;) {
+    ParkLocked(t, WakeLocked(t, deadline, now));
     now = Clock::now();
-    ExpireLocked(now);
-    if (EligibleLocked(t)) {
-      GrantLocked(t, tid, now);
+    RevokeStaleLocked(now);
+    if (MayTakeLocked(t, Ask::kWrite, now)) {
+      GrantLocked(t, Ask::kWrite, tid, now);
       holder_pre_read_ = pre_read;
       return Grant::kGranted;
     }
-    if (holder_ != nullptr && holder_tid_ == tid) {  // cannot happen: only we act for tid
-      ++stats_.self_deadlocks;
-      RemoveLocked(t);
-      RefreshFrontLocked(now);
-      return Grant::kSelfDeadlock;
-    }
     if (now >= deadline) {
       ++stats_.timeouts;
+      const bool was_reserved = reserved_ == t;
       RemoveLocked(t);
-      RefreshFrontLocked(now);
+      if (was_reserved && holder_ == nullptr) OnFreeLocked(now);
       return Grant::kTimeout;
     }
   }
 }
 
-Coordinator::Grant Coordinator::TryTurn(Ticket* t, uint64_t tid) {
+Coordinator::Grant Coordinator::TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock::duration fair,
+                                        bool queue, bool pre_read) {
   MutexLock l(&mu_);
   if (holder_ == t) return Grant::kGranted;
   const Clock::time_point now = Clock::now();
-  ExpireLocked(now);
-  if (!EligibleLocked(t)) return Grant::kRefused;
-  GrantLocked(t, tid, now);
-  return Grant::kGranted;
+  RevokeStaleLocked(now);
+  if (MayTakeLocked(t, ask, now)) {
+    GrantLocked(t, ask, tid, now);
+    holder_pre_read_ = pre_read;
+    return Grant::kGranted;
+  }
+  if (!queue) return Grant::kRefused;
+  EnqueueLocked(t, fair, now);
+  ++stats_.busy_returns;
+  return Grant::kQueued;
 }
 
 void Coordinator::FastFail(Ticket* t) {
   MutexLock l(&mu_);
   ++stats_.fast_failed;
-  if (!t->queued) return;
+  const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
-  RefreshFrontLocked(Clock::now());
+  if (was_reserved && holder_ == nullptr) OnFreeLocked(Clock::now());
 }
 
 void Coordinator::ReleaseTurn(Ticket* t) {
   MutexLock l(&mu_);
   if (holder_ != t) return;
-  holder_ = nullptr;
-  holder_tid_ = 0;
-  releases_.fetch_add(1, std::memory_order_release);
-  UpdateHintLocked();
-  RefreshFrontLocked(Clock::now());
+  ClearHolderLocked();
+  OnFreeLocked(Clock::now());
   BumpGenerationLocked();
 }
 
 void Coordinator::YieldTurnKeepPlace(Ticket* t) {
   MutexLock l(&mu_);
   if (holder_ != t) return;
-  holder_ = nullptr;
-  holder_tid_ = 0;
-  releases_.fetch_add(1, std::memory_order_release);
+  const Clock::time_point now = Clock::now();
+  ClearHolderLocked();
   --stats_.acquisitions;  // the grant did not stick
   ++stats_.cross_process_busy;
-  EnqueueFrontLocked(t, Clock::now());
+  RemoveLocked(t);
+  t->arrived = now;
+  t->seen = now;
+  LinkLocked(t, /*at_front=*/true);
+  // Reserved for t: in-process newcomers would only be refused by the base lock too.
+  reserved_ = t;
+  reserved_until_ = now + timing::kClaimLease;
   BumpGenerationLocked();
 }
 
-Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until, bool confirm) {
+Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
-  if (!t->queued) return TurnWait::kNotQueued;
-  if (confirm) ConfirmLocked(t, now);
-  RefreshFrontLocked(now);
-  for (bool spun = false;;) {
-    ExpireLocked(now);
+  for (;;) {
+    RevokeStaleLocked(now);
     if (!t->queued) return TurnWait::kNotQueued;
-    if (EligibleLocked(t)) return TurnWait::kReady;
-    if (now >= until) return TurnWait::kTimedOut;
-    if (!spun && SpinEnabled() && holder_ != nullptr && FrontLocked() == t) {
-      SpinBehindHolderLocked(t);
-      spun = true;
-    } else {
-      t->cv.WaitUntil(&mu_, WakeDeadlineLocked(t, until, now));
-      spun = false;
+    t->seen = now;
+    if (MayTakeLocked(t, Ask::kWrite, now)) {
+      // t leaves to claim the turn through SQLite's retry. If it is reserved for t, the next
+      // waiter must time its sleep to the reservation's end in case t never comes back.
+      if (reserved_ == t) {
+        if (Ticket* next = FrontLocked()) next->cv.Signal();
+      }
+      return TurnWait::kReady;
     }
+    if (now >= until) return TurnWait::kTimedOut;
+    ParkLocked(t, WakeLocked(t, until, now));
+    // Parked: a release that finds t at the front of the live waiters wakes it (and reserves
+    // for it once it waited its bound).
     now = Clock::now();
-    if (confirm && ready_ == t) t->lease_start = now;
   }
 }
 
 void Coordinator::Cancel(Ticket* t, CancelWhy why) {
   MutexLock l(&mu_);
   if (!t->queued) return;
-  switch (why) {
-    case CancelWhy::kTimeout:
-      ++stats_.timeouts;
-      break;
-    case CancelWhy::kFastFail:
-      ++stats_.fast_failed;
-      break;
-    case CancelWhy::kClosed:
-    case CancelWhy::kGaveUp:
-      break;
-  }
+  if (why == CancelWhy::kTimeout) ++stats_.timeouts;
+  const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
-  RefreshFrontLocked(Clock::now());
+  if (was_reserved && holder_ == nullptr) OnFreeLocked(Clock::now());
 }
 
 void Coordinator::Close(Ticket* t) {
   MutexLock l(&mu_);
   const Clock::time_point now = Clock::now();
   t->open = false;
+  const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
   if (t->reading) {
     if (t->rprev)
@@ -380,12 +332,11 @@ void Coordinator::Close(Ticket* t) {
     --reader_count_;
   }
   if (holder_ == t) {  // SQLite unlocks before closing; stay safe if it did not
-    holder_ = nullptr;
-    holder_tid_ = 0;
-    releases_.fetch_add(1, std::memory_order_release);
+    ClearHolderLocked();
+    OnFreeLocked(now);
+  } else if (was_reserved && holder_ == nullptr) {
+    OnFreeLocked(now);
   }
-  UpdateHintLocked();
-  RefreshFrontLocked(now);
   BumpGenerationLocked();
 }
 
@@ -396,11 +347,10 @@ bool Coordinator::IsOpen(Ticket* t) {
 
 // ---- Readers ---------------------------------------------------------------------------
 
-void Coordinator::ReaderEnter(Ticket* t, uint64_t tid) {
+void Coordinator::ReaderEnter(Ticket* t) {
   MutexLock l(&mu_);
   if (t->reading) return;
   t->reading = true;
-  t->reader_tid = tid;
   t->read_since = Clock::now();
   t->rprev = nullptr;
   t->rnext = readers_;
@@ -430,13 +380,14 @@ void Coordinator::CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* o
   for (Ticket* r = readers_; r != nullptr; r = r->rnext) {
     if (r == t) continue;
     ++*others;
-    if (r->reader_tid == tid) ++*on_tid;
+    if (r->last_tid.load(std::memory_order_relaxed) == tid) ++*on_tid;
   }
 }
 
-bool Coordinator::TurnHeldByThread(Ticket* t, uint64_t tid) {
+bool Coordinator::HolderLastOnThread(Ticket* t, uint64_t tid) {
   MutexLock l(&mu_);
-  return holder_ != nullptr && holder_ != t && holder_tid_ == tid;
+  return holder_ != nullptr && holder_ != t &&
+         holder_->last_tid.load(std::memory_order_relaxed) == tid;
 }
 
 void Coordinator::NotifyRelease() {
@@ -475,6 +426,10 @@ void Coordinator::CountHandlerInstalled() {
   MutexLock l(&mu_);
   ++stats_.handlers_installed;
 }
+void Coordinator::CountTurnSkipped() {
+  MutexLock l(&mu_);
+  ++stats_.turn_skipped;
+}
 void Coordinator::CountInLockWait(Clock::duration waited) {
   MutexLock l(&mu_);
   ++stats_.in_lock_waits;
@@ -488,11 +443,23 @@ BlockerInfo Coordinator::Blocker() {
   if (holder_ != nullptr) {
     b.holder_handle = holder_->handle;
     b.holder_tid = holder_tid_;
+    b.holder_last_tid = holder_->last_tid.load(std::memory_order_relaxed);
     b.held_ms = Micros(Clock::now() - holder_since_) / 1000;
   }
   b.queued = queue_len_;
   b.readers = reader_count_;
   return b;
+}
+
+RestState Coordinator::Rest() {
+  MutexLock l(&mu_);
+  RestState r;
+  r.held = holder_ != nullptr;
+  r.reserved = reserved_ != nullptr;
+  r.queued = queue_len_;
+  r.parked = parked_;
+  r.readers = reader_count_;
+  return r;
 }
 
 void Coordinator::WriteJson(JsonWriter& w) {
@@ -509,9 +476,12 @@ void Coordinator::WriteJson(JsonWriter& w) {
   stats_.in_lock_wait_us.WriteJson(w);
   w.Field("timeouts", static_cast<int64_t>(stats_.timeouts))
       .Field("fast_failed_upgrades", static_cast<int64_t>(stats_.fast_failed))
-      .Field("overtakes", static_cast<int64_t>(stats_.overtakes))
-      .Field("lease_expired", static_cast<int64_t>(stats_.lease_expired))
-      .Field("self_deadlocks", static_cast<int64_t>(stats_.self_deadlocks))
+      .Field("barges", static_cast<int64_t>(stats_.barges))
+      .Field("upgrade_barges", static_cast<int64_t>(stats_.upgrade_barges))
+      .Field("max_overtaken_wait_us", stats_.max_overtaken_wait_us)
+      .Field("handoffs", static_cast<int64_t>(stats_.handoffs))
+      .Field("claim_lapsed", static_cast<int64_t>(stats_.claim_lapsed))
+      .Field("turn_skipped", static_cast<int64_t>(stats_.turn_skipped))
       .Field("revoked", static_cast<int64_t>(stats_.revoked))
       .Field("busy_returns", static_cast<int64_t>(stats_.busy_returns))
       .Field("cross_process_busy", static_cast<int64_t>(stats_.cross_process_busy))
@@ -526,6 +496,7 @@ void Coordinator::WriteJson(JsonWriter& w) {
     w.BeginObject()
         .Field("handle", static_cast<int64_t>(holder_->handle))
         .Field("thread", static_cast<int64_t>(holder_tid_))
+        .Field("last_thread", static_cast<int64_t>(holder_->last_tid.load(std::memory_order_relaxed)))
         .Field("held_ms", Micros(now - holder_since_) / 1000)
         .EndObject();
   }

@@ -1,22 +1,30 @@
 // coordinator.h - the per-database-file lock coordinator: who holds the write turn, who
-// waits for it in FIFO order, who reads (rollback mode), and the counters behind
+// waits for it in a FIFO line, who reads (rollback mode), and the counters behind
 // safeconc_stats().
 //
 // The write turn is an in-process token in front of SQLite's own write lock: the
 // RESERVED lock in rollback mode, the WAL WRITE lock in WAL mode, or (safeconc_txn=
 // immediate/serial) a whole transaction or lock period. A connection takes it before the
-// base lock call and gives it back after the base unlock. Conflicting requests queue as
-// Tickets in arrival order; a release wakes exactly the front ticket (no sleep, no poll).
+// base lock call and gives it back after the base unlock.
 //
-// Where a request may not wait (the connection holds a read lock: waiting could deadlock),
-// the ticket is queued and SQLITE_BUSY returned at once; the ticket keeps its place while
-// SQLite drops its locks and runs the busy handler, whose wait (our handler, or the VFS
-// xSleep used by SQLite's default handler) ends when this ticket reaches the front with the
-// turn free. A ticket that is front and free but not claimed within its lease is passed
-// (marked expired) so a waiter that vanished never blocks the queue.
+// Policy (eventual fairness; vfs/timing.h states it in full): a free turn goes to whoever
+// asks, unless the front waiter has waited its fairness bound (safeconc_fair_ms), in which
+// case a release reserves the turn for that waiter alone. A release wakes exactly one waiter,
+// the front one. A request SQLite will not retry (an upgrade) takes any free turn.
 //
-// Mutex rules: mu_ guards every field below marked SC_GUARDED_BY(mu_) and the
-// SC_GUARDED_BY fields of every Ticket of this coordinator. Nothing is called out of this
+// Waiters wait in two places, both parked on their ticket's condition variable:
+//  - inside a lock call, at a safe point (AcquireTurn): granted where they wake;
+//  - in the busy handler or the VFS xSleep, after a refusal (WaitForTurn): woken when the
+//    turn may be theirs, they return through SQLite, whose retry claims it (TryTurn).
+// Only a parked ticket is "live": a release can wake it, so a reservation for it will be
+// claimed. A ticket whose owner is elsewhere (a binding's handler sleeping outside the VFS,
+// or gone) keeps its place but is skipped until it parks again.
+//
+// Threads are not owners: nothing here is refused because of the calling thread. The
+// thread a handle was last used on (Ticket::last_tid) is reported, never enforced.
+//
+// Mutex rules: mu_ guards every field below marked SC_GUARDED_BY(mu_) and the fields of every
+// Ticket of this coordinator marked "guarded by coord->mu_". Nothing is called out of this
 // file with mu_ held: no SQLite call, no callback. Lock order: Registry::mu_ before mu_
 // (diagnostics); mu_ is otherwise a leaf.
 //
@@ -57,94 +65,96 @@ struct Ticket {
   // Constant after construction.
   const std::shared_ptr<Coordinator> coord;
   const uint64_t handle;  // process-unique id of the shim file (diagnostics)
+  // The thread of this handle's latest lock call. Written (relaxed) by the lock paths of the
+  // handle, read by diagnostics on any thread: a hint that never orders anything.
+  std::atomic<uint64_t> last_tid{0};
 
   // The rest is guarded by coord->mu_ (not expressible as an annotation on a member of
   // another object; every access is inside Coordinator methods that hold mu_).
   Ticket* prev = nullptr;  // queue links
   Ticket* next = nullptr;
   bool queued = false;
-  bool open = true;               // false once the file closed
-  uint64_t seq = 0;               // arrival order
-  bool confirmed = false;         // its owner is known to come back (in a wait, or its handler ran)
-  bool expired = false;           // lease ran out while it was front: grants may pass it
-  uint64_t passed = 0;            // grants that passed it while expired and unconfirmed
-  Clock::time_point arrived;      // when this request was first refused
-  Clock::time_point ready_since;  // when it became front with the turn free (stats)
-  Clock::time_point lease_start;  // ready_since, renewed while its owner is seen waiting
-  Ticket* rprev = nullptr;        // reader links (rollback SHARED holders)
+  bool open = true;                  // false once the file closed
+  int parked = 0;                    // threads of this handle waiting on cv right now (0 or 1)
+  Clock::time_point arrived;         // when the current request first queued
+  Clock::time_point seen;            // when its owner last waited here (kStaleTicket)
+  Clock::duration fair{};            // its connection's safeconc_fair_ms
+  Ticket* rprev = nullptr;           // reader links (rollback SHARED holders)
   Ticket* rnext = nullptr;
   bool reading = false;
-  uint64_t reader_tid = 0;
   Clock::time_point read_since;
-  CondVar cv;  // signalled when this ticket becomes front with the turn free
+  CondVar cv;  // signalled when the turn may be this ticket's
 };
 
 // What a refused request was up against, for safeconc_last_busy().
 struct BlockerInfo {
   bool held = false;
   uint64_t holder_handle = 0;
-  uint64_t holder_tid = 0;
+  uint64_t holder_tid = 0;       // the thread that took the turn
+  uint64_t holder_last_tid = 0;  // the thread of the holder's latest lock call
   int64_t held_ms = 0;
   int64_t queued = 0;
   int64_t readers = 0;
 };
 
+// The coordinator's moving parts, for tests that check it came back to rest.
+struct RestState {
+  bool held = false;      // someone holds the turn
+  bool reserved = false;  // a turn is reserved for a woken waiter
+  int64_t queued = 0;     // tickets in line
+  int64_t parked = 0;     // threads waiting on a ticket
+  int64_t readers = 0;    // rollback readers
+};
+
 class Coordinator {
  public:
-  enum class Grant { kGranted, kQueued, kSelfDeadlock, kTimeout, kRefused };
-  enum class CancelWhy { kClosed, kTimeout, kFastFail, kGaveUp };
+  enum class Ask {
+    kWrite,    // a request SQLite retries, or a wait at a safe point: the fairness rule applies
+    kUpgrade,  // a read transaction that asks to write (never retried): any free turn will do
+  };
+  enum class Grant { kGranted, kQueued, kTimeout, kRefused };
+  enum class CancelWhy { kClosed, kTimeout, kGaveUp };
 
-  // Leases: how long a front ticket with the turn free may stay unclaimed. An unconfirmed
-  // ticket's owner may never come back (the lock paths queue only requests SQLite retries,
-  // as confirmed ones); a confirmed one was woken and is retrying.
-  static constexpr std::chrono::milliseconds kTentativeLease{100};
-  static constexpr std::chrono::milliseconds kConfirmedLease{1000};
-
-  // Asks for the write turn for ticket t (thread `tid`). Granted at once if free and nobody
-  // is ahead. Otherwise, with may_wait, waits in FIFO order until granted or `deadline`
-  // (kTimeout); without, queues t (keeping an earlier place) and returns kQueued.
-  // kSelfDeadlock: the turn is held by this very thread through another handle.
-  // `pre_read`: taken before a WAL read start whose read mark is not held yet. If that read
-  // start then fails (an I/O error, say), SQLite may never call this handle again to give
-  // the turn back; waiters revoke such a turn after kPreReadLease (the base locks still
-  // keep the data safe; only the ordering is lost). ReadStarted() ends the pre-read state.
-  Grant AcquireTurn(Ticket* t, bool may_wait, bool confirmed, Clock::time_point deadline,
-                    uint64_t tid, bool pre_read = false) SC_EXCLUDES(mu_);
-  // Grants the turn if it is free and nobody waits ahead of t (kGranted); otherwise changes
-  // nothing and returns kRefused. The uncontended first try of a write start.
-  Grant TryTurn(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
-  // A request SQLite will not retry was refused (a read transaction that tries to write):
-  // counts the fast failure and takes t out of the line if an earlier request left it there.
+  // Waits (parked, at a safe point) until t holds the turn, or `deadline` (kTimeout).
+  // `fair` is t's fairness bound. `pre_read`: taken before a WAL read start whose read mark is
+  // not held yet; revocable after timing::kPreReadLease until ReadStarted(t) (if that read
+  // start fails, SQLite may never call this handle again to give the turn back).
+  Grant AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid, Clock::duration fair,
+                    bool pre_read = false) SC_EXCLUDES(mu_);
+  // Grants the turn if t may take it now (kGranted). Otherwise, with `queue`, puts t in line
+  // (a retry keeps its place) and returns kQueued; without, changes nothing (kRefused).
+  // `pre_read` as for AcquireTurn.
+  Grant TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock::duration fair, bool queue,
+                bool pre_read = false) SC_EXCLUDES(mu_);
+  // A request SQLite will not retry was refused: counts the fast failure, leaves the line.
   void FastFail(Ticket* t) SC_EXCLUDES(mu_);
   // The read mark a pre-read turn was taken for is held: the turn is no longer revocable.
   // False if it was revoked meanwhile (t no longer holds the turn).
   bool ReadStarted(Ticket* t) SC_EXCLUDES(mu_);
-  static constexpr std::chrono::milliseconds kPreReadLease{250};
-  // Gives the turn back (t must hold it) and wakes the front ticket.
+  // Gives the turn back (t must hold it) and wakes the front waiter.
   void ReleaseTurn(Ticket* t) SC_EXCLUDES(mu_);
   // The base lock refused a turn holder (another process has it): give the turn back but
-  // stay first in line, so no in-process newcomer overtakes while t polls. Only for a request
-  // SQLite retries: a place kept for one it does not would block everyone behind it.
+  // stay first in line while t polls. Only for a request SQLite retries.
   void YieldTurnKeepPlace(Ticket* t) SC_EXCLUDES(mu_);
-  // Busy-handler side: waits until t is front with the turn free (kReady) or `until` passes
-  // (kTimedOut). `confirm` marks t's owner as alive. kNotQueued at once if t is not in line.
+  // Busy-handler side: parks until t may take the turn (kReady) or `until` (kTimedOut).
+  // kNotQueued at once if t is not in line.
   enum class TurnWait { kReady, kTimedOut, kNotQueued };
-  TurnWait WaitForTurn(Ticket* t, Clock::time_point until, bool confirm) SC_EXCLUDES(mu_);
-  // Takes t out of the queue (if queued) and counts why.
+  TurnWait WaitForTurn(Ticket* t, Clock::time_point until) SC_EXCLUDES(mu_);
+  // Takes t out of the line (if queued) and counts why.
   void Cancel(Ticket* t, CancelWhy why) SC_EXCLUDES(mu_);
   // The file closed: leave every list, never hold the turn again.
   void Close(Ticket* t) SC_EXCLUDES(mu_);
-  // False once t's file closed. A thread-local busy record names its file through the ticket
-  // it keeps alive; the file itself may be gone when this is false.
+  // False once t's file closed.
   bool IsOpen(Ticket* t) SC_EXCLUDES(mu_);
 
   // Rollback-mode readers (SHARED holders), for commit waits and diagnostics.
-  void ReaderEnter(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
+  void ReaderEnter(Ticket* t) SC_EXCLUDES(mu_);
   void ReaderLeave(Ticket* t) SC_EXCLUDES(mu_);
-  // Other readers than t, and how many of them run on thread tid.
+  // Other readers than t, and how many of them were last used on thread tid.
   void CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* on_tid) SC_EXCLUDES(mu_);
-  // True if the turn is held by a handle on thread tid other than t.
-  bool TurnHeldByThread(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
+  // True if the turn is held by a handle other than t whose latest lock call came from
+  // thread tid: waiting for it may wait for ourselves (reported; see lock_paths.cc).
+  bool HolderLastOnThread(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
 
   // A counter bumped on every release (turn or read lock); waiters for "something was
   // released" wait for it to change.
@@ -160,6 +170,7 @@ class Coordinator {
   void CountTimeout() SC_EXCLUDES(mu_);
   void CountHandlerInstalled() SC_EXCLUDES(mu_);
   void CountInLockWait(Clock::duration waited) SC_EXCLUDES(mu_);
+  void CountTurnSkipped() SC_EXCLUDES(mu_);
 
   // A racy hint, for the lock paths' fast path: is the turn held or anyone in line? Written
   // under mu_ whenever either changes, read without it (relaxed: a stale answer only means
@@ -167,41 +178,35 @@ class Coordinator {
   bool Contended() const { return contended_.load(std::memory_order_relaxed); }
 
   BlockerInfo Blocker() SC_EXCLUDES(mu_);
+  RestState Rest() SC_EXCLUDES(mu_);
   // The "coordinator" object of safeconc_stats().
   void WriteJson(JsonWriter& w) SC_EXCLUDES(mu_);
 
  private:
+  // The first live ticket in line (parked, or on its way to claim a turn reserved for it).
   Ticket* FrontLocked() const SC_REQUIRES(mu_);
-  bool EligibleLocked(Ticket* t) const SC_REQUIRES(mu_);
-  void GrantLocked(Ticket* t, uint64_t tid, Clock::time_point now) SC_REQUIRES(mu_);
-  // Revokes a pre-read turn held longer than kPreReadLease.
+  // The first live ticket in line ahead of t (the whole line if t is not in it), or null.
+  Ticket* LiveAheadOfLocked(Ticket* t) const SC_REQUIRES(mu_);
+  // May t take the turn now? Drops a lapsed reservation on the way.
+  bool MayTakeLocked(Ticket* t, Ask ask, Clock::time_point now) SC_REQUIRES(mu_);
+  void GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_point now) SC_REQUIRES(mu_);
+  // The turn became free: wake the front waiter, reserving the turn for it if it waited its
+  // fairness bound.
+  void OnFreeLocked(Clock::time_point now) SC_REQUIRES(mu_);
+  // Revokes a pre-read turn held longer than timing::kPreReadLease.
   void RevokeStaleLocked(Clock::time_point now) SC_REQUIRES(mu_);
-  // Puts t at the back (or the front) of the line as a new arrival.
-  void LinkLocked(Ticket* t, bool at_front, Clock::time_point now) SC_REQUIRES(mu_);
-  void EnqueueLocked(Ticket* t, bool confirmed, Clock::time_point now) SC_REQUIRES(mu_);
-  void EnqueueFrontLocked(Ticket* t, Clock::time_point now) SC_REQUIRES(mu_);
+  // Puts t in line: a new arrival at the back, a retry (queued and seen lately) in its place.
+  void EnqueueLocked(Ticket* t, Clock::duration fair, Clock::time_point now) SC_REQUIRES(mu_);
+  void LinkLocked(Ticket* t, bool at_front) SC_REQUIRES(mu_);
   void RemoveLocked(Ticket* t) SC_REQUIRES(mu_);
-  void ConfirmLocked(Ticket* t, Clock::time_point now) SC_REQUIRES(mu_);
-  // Marks front tickets whose lease ran out as expired; wakes the next.
-  void ExpireLocked(Clock::time_point now) SC_REQUIRES(mu_);
-  // After any change: the front ticket, if the turn is free, becomes ready and is woken.
-  void RefreshFrontLocked(Clock::time_point now) SC_REQUIRES(mu_);
-  // When the current front's lease would run out (time_point::max() if not applicable).
-  Clock::time_point LeaseDeadlineLocked(Ticket* self) const SC_REQUIRES(mu_);
-  // When waiter `self` must wake at the latest: its own deadline, the front's lease end, and
-  // never later than kTentativeLease from now (see the .cc).
-  Clock::time_point WakeDeadlineLocked(Ticket* self, Clock::time_point until,
-                                       Clock::time_point now) const SC_REQUIRES(mu_);
+  // Parks the calling thread on t->cv until `until` or a signal.
+  void ParkLocked(Ticket* t, Clock::time_point until) SC_REQUIRES(mu_);
+  // When a parked waiter must look again at the latest (see the .cc).
+  Clock::time_point WakeLocked(Ticket* t, Clock::time_point until, Clock::time_point now) const
+      SC_REQUIRES(mu_);
+  void ClearHolderLocked() SC_REQUIRES(mu_);
   void BumpGenerationLocked() SC_REQUIRES(mu_);
   void UpdateHintLocked() SC_REQUIRES(mu_);
-  // The ticket right behind the turn holder spins for a moment instead of parking, so the
-  // hand-over costs no futex wake-up and reschedule when the holder is quick. Releases mu_
-  // while spinning; returns with it held. Only with 4 or more hardware threads: measured on
-  // 2 cores (bench_locks), any spin steals the CPU the holder needs and costs 1.2-6x
-  // throughput, and so does the wake-up that puts the next waiter into its spin.
-  void SpinBehindHolderLocked(Ticket* t) SC_REQUIRES(mu_);
-  static constexpr std::chrono::microseconds kSpin{20};
-  static bool SpinEnabled();
 
   Mutex mu_;
   // The write turn.
@@ -209,12 +214,16 @@ class Coordinator {
   uint64_t holder_tid_ SC_GUARDED_BY(mu_) = 0;
   Clock::time_point holder_since_ SC_GUARDED_BY(mu_);
   bool holder_pre_read_ SC_GUARDED_BY(mu_) = false;
-  // The FIFO queue (intrusive, in arrival order).
+  Clock::time_point released_at_ SC_GUARDED_BY(mu_);  // the latest release (stats)
+  // A free turn reserved for a woken waiter that waited its fairness bound, until it claims
+  // it or reserved_until_ passes while it is not parked.
+  Ticket* reserved_ SC_GUARDED_BY(mu_) = nullptr;
+  Clock::time_point reserved_until_ SC_GUARDED_BY(mu_);
+  // The line (intrusive, in arrival order).
   Ticket* head_ SC_GUARDED_BY(mu_) = nullptr;
   Ticket* tail_ SC_GUARDED_BY(mu_) = nullptr;
-  Ticket* ready_ SC_GUARDED_BY(mu_) = nullptr;  // the front ticket last made ready
-  uint64_t next_seq_ SC_GUARDED_BY(mu_) = 0;
   int64_t queue_len_ SC_GUARDED_BY(mu_) = 0;
+  int64_t parked_ SC_GUARDED_BY(mu_) = 0;
   // Readers (rollback mode).
   Ticket* readers_ SC_GUARDED_BY(mu_) = nullptr;
   int64_t reader_count_ SC_GUARDED_BY(mu_) = 0;
@@ -222,26 +231,26 @@ class Coordinator {
   uint64_t generation_ SC_GUARDED_BY(mu_) = 0;
   int change_waiters_ SC_GUARDED_BY(mu_) = 0;
   CondVar changed_;
-  // Bumped (release) on every turn release, under mu_; a spinning waiter reads it (acquire)
-  // without mu_ to see a release as soon as it happens, then re-checks under mu_.
-  std::atomic<uint64_t> releases_{0};
   std::atomic<bool> contended_{false};  // see Contended()
 
   struct Stats {
     uint64_t acquisitions = 0;      // turns granted
     uint64_t waits = 0;             // grants that had to wait
     Histogram wait_us;              // first refusal -> grant
-    Histogram release_to_grant_us;  // release -> grant of the woken front ticket
+    Histogram release_to_grant_us;  // release -> grant of a woken waiter
     uint64_t timeouts = 0;
-    uint64_t fast_failed = 0;  // refused where SQLite does not retry (upgrades)
-    uint64_t overtakes = 0;    // grants ahead of a still-waiting earlier arrival
-    uint64_t lease_expired = 0;
-    uint64_t self_deadlocks = 0;
+    uint64_t fast_failed = 0;         // refused where SQLite does not retry (upgrades)
+    uint64_t barges = 0;              // grants ahead of a live waiter
+    uint64_t upgrade_barges = 0;      // of which upgrades past a waiter at its bound
+    int64_t max_overtaken_wait_us = 0;  // longest wait of a waiter at a barge (not upgrades)
+    uint64_t handoffs = 0;            // grants of a reserved turn
+    uint64_t claim_lapsed = 0;        // reservations that lapsed unclaimed
+    uint64_t turn_skipped = 0;        // lock periods that went on without the turn
     uint64_t busy_returns = 0;        // SQLITE_BUSY returned at once (unsafe wait points)
     uint64_t cross_process_busy = 0;  // base lock refused: another process
     uint64_t handlers_installed = 0;  // busy handlers enforced on connections without one
     uint64_t in_lock_waits = 0;       // waits inside a lock call (safe points)
-    uint64_t revoked = 0;             // pre-read turns revoked after kPreReadLease
+    uint64_t revoked = 0;             // pre-read turns revoked after a failed read start
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;
   } stats_ SC_GUARDED_BY(mu_);

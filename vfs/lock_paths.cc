@@ -10,7 +10,13 @@
 //
 // Every call still reaches the base file; the coordinator only decides whether to call it
 // now, wait first (at safe points), or refuse at once (SQLITE_BUSY, with the waiting done in
-// the busy handler after SQLite dropped its locks). See locking.h for the wait points.
+// the busy handler after SQLite dropped its locks). See locking.h for the wait points and
+// vfs/timing.h for the fairness policy.
+//
+// Only the calling connection is ever passed to an SQLite API (Caller(p)); under shared cache
+// it is unknown, and the paths fall back to what needs no connection: no look-ahead at the
+// running statements, every write start treated as one SQLite may not retry (it takes a free
+// turn or is refused at once, as the base lock would refuse it), no handler installed.
 //
 // Thread safety: SQLite calls one method of a file at a time, so the ShimFile fields used
 // here are the calling thread's; the shared state is in the Coordinator, behind its mutex,
@@ -27,6 +33,7 @@ SQLITE_EXTENSION_INIT3
 
 #include "vfs/locking.h"
 #include "vfs/shim.h"
+#include "vfs/timing.h"
 
 namespace safeconc {
 namespace {
@@ -87,33 +94,34 @@ bool StatementWillWrite(sqlite3* db) {
 
 // Does this lock period take the write turn first?
 bool TxnWantsTurn(ShimFile* p) {
-  if (p->db == nullptr) return p->knobs.txn() == TxnMode::kSerial;
+  sqlite3* db = Caller(p);
+  if (db == nullptr) return p->knobs.txn() == TxnMode::kSerial;
   switch (p->knobs.txn()) {
     case TxnMode::kSerial:
       return true;
     case TxnMode::kImmediate:
-      if (sqlite3_get_autocommit(p->db) == 0) return true;
+      if (sqlite3_get_autocommit(db) == 0) return true;
       break;
     case TxnMode::kDeferred:
       break;
   }
   // Only worth a look at the running statements when the turn is busy: otherwise the write
   // lock request that follows gets the turn at once anyway.
-  return Coord(p).Contended() && StatementWillWrite(p->db);
+  return Coord(p).Contended() && StatementWillWrite(db);
 }
 
 // The transaction state of the connection's schema that p is the file of; the highest of all
 // its schemas if p's cannot be told (then "will not retry" errs on the safe side below).
-int TxnStateOf(ShimFile* p) {
+int TxnStateOf(ShimFile* p, sqlite3* db) {
   for (int i = 0;; ++i) {
-    const char* schema = sqlite3_db_name(p->db, i);
+    const char* schema = sqlite3_db_name(db, i);
     if (schema == nullptr) break;
-    const char* file = sqlite3_db_filename(p->db, schema);
+    const char* file = sqlite3_db_filename(db, schema);
     if (file == p->path || (file != nullptr && std::strcmp(file, p->path) == 0)) {
-      return sqlite3_txn_state(p->db, schema);
+      return sqlite3_txn_state(db, schema);
     }
   }
-  return sqlite3_txn_state(p->db, nullptr);
+  return sqlite3_txn_state(db, nullptr);
 }
 
 // Will SQLite retry this refused write start through the busy handler? Its btree retries
@@ -121,14 +129,14 @@ int TxnStateOf(ShimFile* p) {
 // autocommit write, BEGIN IMMEDIATE, a deferred transaction whose first statement writes.
 // Not a write made while a read transaction is open, in an explicit transaction or through a
 // SELECT cursor of the same connection still being stepped (the btree is in TRANS_READ even
-// with autocommit on). During the lock call the state is still the one before it.
-bool WillRetry(ShimFile* p) { return p->db != nullptr && TxnStateOf(p) == SQLITE_TXN_NONE; }
-
-Clock::time_point Deadline(ShimFile* p) {
-  // A retry of a request already refused keeps its first deadline.
-  if (p->pending.active) return p->pending.deadline;
-  return Clock::now() + std::chrono::milliseconds(p->knobs.Get(Knob::kTimeout));
+// with autocommit on). During the lock call the state is still the one before it. Unknown
+// caller (shared cache): treated as not retried.
+bool WillRetry(ShimFile* p) {
+  sqlite3* db = Caller(p);
+  return db != nullptr && TxnStateOf(p, db) == SQLITE_TXN_NONE;
 }
+
+Clock::duration Fair(ShimFile* p) { return std::chrono::milliseconds(p->knobs.Get(Knob::kFairMs)); }
 
 void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
 
@@ -139,87 +147,123 @@ void DropReason(ShimFile* p, unsigned reason) {
   if (p->turn_reasons == 0) Coord(p).ReleaseTurn(p->ticket.get());
 }
 
+// Records the thread of this handle's lock call: diagnostics say where a holder was last used.
+void Touch(ShimFile* p, uint64_t tid) {
+  std::atomic<uint64_t>& last = p->ticket->last_tid;
+  if (last.load(std::memory_order_relaxed) != tid) last.store(tid, std::memory_order_relaxed);
+}
+
+// Waits inside a lock call (a safe point) until `attempt` succeeds, following the
+// connection's busy policy: the binding's busy handler, run between tries as SQLite would run
+// it (RunHandlerInLock); or, when the binding set none (or safeconc's own handler is the one
+// set), up to the request's deadline (safeconc_timeout), woken on each release by `park`.
+// `turn`: the request is the write turn (t queued while it waits). Returns true on success.
+template <typename Attempt, typename Park>
+bool WaitInLock(ShimFile* p, const char* lock, Ticket* turn, Attempt attempt, Park park) {
+  Coordinator& c = Coord(p);
+  bool use_handler = p->busy_fn != nullptr;
+  Clock::time_point deadline = Clock::time_point::max();  // set once, at the first refusal
+  for (;;) {
+    const uint64_t gen = c.Generation();
+    if (attempt()) return true;
+    if (use_handler) {
+      auto thunk = [](void* ctx) { return (*static_cast<Attempt*>(ctx))(); };
+      InLockWait w{&c, turn, thunk, &attempt};
+      w.generation = gen;
+      const int again = RunHandlerInLock(p, &w);
+      if (w.succeeded) return true;
+      if (!w.reached_ours && (again != 0 || w.slept)) {
+        if (again == 0) return false;  // the binding's handler gave up
+        continue;
+      }
+      // safeconc's own handler, or none: wait here by safeconc_timeout.
+      use_handler = false;
+    }
+    if (deadline == Clock::time_point::max()) deadline = RefusalDeadline(p, lock);
+    if (Clock::now() >= deadline) return false;
+    if (park(gen, deadline)) return true;
+  }
+}
+
 // Takes the write turn at the start of a lock period (a safe point: no lock of this file is
-// held, or in WAL only the database's SHARED lock, which no writer waits for). Waits in FIFO
-// order. Returns false if it could not (timeout, self-deadlock), with the failure recorded in
-// safeconc_last_busy(). `fails_request`: the lock request fails with it (SQLite may come back
-// through the busy handler, which must then give up at once); otherwise the caller goes on
-// without the turn and nothing of the refusal is left pending.
-bool TakeTurnForTxn(ShimFile* p, const char* lock, bool fails_request, bool pre_read = false) {
-  const Clock::time_point start = Clock::now();
+// held, or in WAL only the database's SHARED lock, which no writer waits for). Returns false
+// if it could not: the period then goes on without the turn, as stock SQLite would serve it
+// (counted as turn_skipped). A holder last used on this very thread is not waited for: if
+// this thread is the one to finish its transaction, it cannot while we wait, and the read
+// needs no turn.
+bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
+  Coordinator& c = Coord(p);
+  Ticket* t = p->ticket.get();
   const uint64_t tid = CurrentThreadId();
-  Coordinator::Grant g = Coord(p).AcquireTurn(p->ticket.get(), /*may_wait=*/true,
-                                              /*confirmed=*/true, Deadline(p), tid, pre_read);
-  if (g == Coordinator::Grant::kGranted) {
+  if (p->turn_gave_up || c.HolderLastOnThread(t, tid)) {
+    if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false, pre_read) ==
+        Coordinator::Grant::kGranted) {
+      TakeReason(p, kReasonTxn);
+      return true;
+    }
+    c.CountTurnSkipped();
+    return false;
+  }
+  const bool had_refusal = RefusalActive(p);
+  bool got = WaitInLock(
+      p, lock, t,
+      [&] {
+        return c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read) ==
+               Coordinator::Grant::kGranted;
+      },
+      [&](uint64_t, Clock::time_point deadline) {
+        return c.AcquireTurn(t, deadline, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted;
+      });
+  if (got) {
     TakeReason(p, kReasonTxn);
-    ClearRefusal(p);  // whatever this lock period retries was waiting for the turn: granted
+    // Whatever this lock period retries was waiting for the turn: granted.
+    ClearRefusal(p);
     return true;
   }
-  if (!p->pending.active) {
-    p->pending.active = true;
-    p->pending.arrived = start;
-    p->pending.deadline = Deadline(p);
-  }
-  if (g == Coordinator::Grant::kSelfDeadlock) {
-    RecordFailure(p, lock, "self_deadlock",
-                  "this thread already holds the write turn through another connection; "
-                  "waiting for it here would deadlock");
-  } else {
-    RecordFailure(p, lock, "timeout",
-                  "waited " + std::to_string(p->knobs.Get(Knob::kTimeout)) +
-                      " ms (safeconc_timeout) for the write turn");
-  }
-  if (fails_request) {
-    NoteRefusal(p, lock, BusyKind::kFinal);
-  } else {
-    ClearRefusal(p);
-  }
+  c.Cancel(t, Coordinator::CancelWhy::kTimeout);
+  c.CountTurnSkipped();
+  RecordFailure(p, lock, Outcome::kTimeout, "the write turn");
+  p->turn_gave_up = true;
+  // The read goes on and succeeds; nothing of this wait may stay pending for the next
+  // request, except the refusal it was a retry of.
+  if (!had_refusal) ClearRefusal(p);
   return false;
 }
 
 // Asks for the write turn where waiting is unsafe (the connection holds a read lock).
-// Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (or failed).
-// A request SQLite will not retry is not queued at all: it fails at once, as SQLite's own
-// deadlock avoidance wants, and a ticket nobody comes back for cannot block the line.
+// Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (retried
+// through the busy handler) or failed.
 int TakeTurnForWrite(ShimFile* p, const char* lock) {
   Coordinator& c = Coord(p);
+  Ticket* t = p->ticket.get();
   const uint64_t tid = CurrentThreadId();
-  Coordinator::Grant g = c.TryTurn(p->ticket.get(), tid);
-  if (g == Coordinator::Grant::kGranted) return SQLITE_OK;
-  if (p->turn_wait_failed) {
-    // This statement already waited safeconc_timeout for the turn at its read start
-    // (safeconc_last_busy() tells of that wait): a second wait would double the timeout.
+  if (!WillRetry(p)) {
+    // An upgrade: SQLite fails it at once when refused, so it takes any free turn, as stock
+    // SQLite grants any free write lock, whoever waits.
+    if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/false) ==
+        Coordinator::Grant::kGranted) {
+      return SQLITE_OK;
+    }
+    c.FastFail(t);
+    ClearRefusal(p);
+    RecordFailure(p, lock, Outcome::kFastFail, "the write turn");
+    return SQLITE_BUSY;
+  }
+  if (p->turn_gave_up) {
+    // This lock period already waited its timeout for the turn at its start
+    // (safeconc_last_busy() tells of that wait): a second wait would double it.
+    if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false) ==
+        Coordinator::Grant::kGranted) {
+      return SQLITE_OK;
+    }
     NoteRefusal(p, lock, BusyKind::kFinal);
     return SQLITE_BUSY;
   }
-  if (!WillRetry(p)) {
-    c.FastFail(p->ticket.get());
-    ClearRefusal(p);
-    RecordFailure(p, lock, "fast_fail", kFastFailMessage);
-    return SQLITE_BUSY;
+  if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true) ==
+      Coordinator::Grant::kGranted) {
+    return SQLITE_OK;
   }
-  g = c.AcquireTurn(p->ticket.get(), /*may_wait=*/false, /*confirmed=*/true, Clock::time_point(),
-                    tid);
-  switch (g) {
-    case Coordinator::Grant::kGranted:
-      return SQLITE_OK;
-    case Coordinator::Grant::kQueued:
-      NoteRefusal(p, lock, BusyKind::kTurn);
-      return SQLITE_BUSY;
-    case Coordinator::Grant::kSelfDeadlock:
-    case Coordinator::Grant::kTimeout:
-    case Coordinator::Grant::kRefused:
-      break;
-  }
-  if (!p->pending.active) {
-    p->pending.active = true;
-    p->pending.arrived = Clock::now();
-    p->pending.deadline = p->pending.arrived;
-  }
-  RecordFailure(p, lock, "self_deadlock",
-                "this thread already holds the write turn through another connection; "
-                "waiting for it here would deadlock");
-  NoteRefusal(p, lock, BusyKind::kFinal);
+  NoteRefusal(p, lock, BusyKind::kTurn);
   return SQLITE_BUSY;
 }
 
@@ -232,21 +276,22 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
 // of the line. Called after each read-mark and WRITE release.
 void MaybeEndWalPeriod(ShimFile* p) {
   if (p->read_marks != 0 || (p->turn_reasons & kReasonWrite) != 0 || p->pre_read_turn) return;
-  p->turn_wait_failed = false;
+  p->turn_gave_up = false;
   DropReason(p, kReasonTxn);
 }
 
 // Calls the base for a lock the coordinator granted. The base may still refuse for a moment:
 // in WAL mode a reader that read a torn index header takes WRITE for a recovery check
 // (microseconds, and it waits for nobody while holding it); another process may hold it.
-// Retry briefly (about 10 ms in all) before reporting SQLITE_BUSY, so a transaction that
-// holds the turn (safeconc_txn=immediate/serial) does not fail over such a blip. Safe: the
-// holders of that kind never wait for what this connection holds.
+// Retry briefly before reporting SQLITE_BUSY, so a transaction that holds the turn does not
+// fail over such a blip. Safe: the holders of that kind never wait for what this connection
+// holds.
 template <typename Attempt>
 int BaseForTurnHolder(Attempt attempt) {
   int rc = attempt();
-  for (int us = 10; rc == SQLITE_BUSY && us <= 5120; us *= 2) {
-    std::this_thread::sleep_for(std::chrono::microseconds(us));
+  for (auto d = timing::kBaseRetryFirst; rc == SQLITE_BUSY && d <= timing::kBaseRetryLast;
+       d *= 2) {
+    std::this_thread::sleep_for(d);
     rc = attempt();
   }
   return rc;
@@ -265,10 +310,7 @@ void BaseRefused(ShimFile* p, const char* lock, bool took) {
   if (took) Coord(p).ReleaseTurn(p->ticket.get());
   Coord(p).CountBusyReturn(/*cross_process=*/true);
   ClearRefusal(p);
-  RecordFailure(p, lock, "busy",
-                "the lock is held outside this process's coordinator (another process, or a "
-                "connection that opted out with ?vfs=unix), and SQLite does not retry a write "
-                "inside an open read transaction");
+  RecordFailure(p, lock, Outcome::kBusy, "the write lock");
 }
 
 // A write start (RESERVED, WAL WRITE): takes the turn unless held, then the base lock. A
@@ -294,60 +336,46 @@ int WriteStart(ShimFile* p, const char* lock, Attempt attempt) {
   return SQLITE_OK;
 }
 
-// Calls `attempt` until it stops returning SQLITE_BUSY or the deadline passes, waiting
-// between tries for a release in this process (woken at once) or, when the holder is in
-// another process, for a bounded backoff step. `blocked_here` says whether an in-process
-// handle blocks us and `self` whether only this thread's own handles do (deadlock).
-template <typename Attempt, typename Blockers>
-int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, Blockers blockers) {
+// Calls `attempt` (a base lock call) until it stops returning SQLITE_BUSY, waiting between
+// tries as WaitInLock says: woken at once by a release in this process; when the holder is in
+// another process, for a bounded backoff step. `in_process` says whether an in-process handle
+// blocks us.
+template <typename Attempt, typename InProcess>
+int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, InProcess in_process) {
   Coordinator& c = Coord(p);
   const Clock::time_point start = Clock::now();
-  Clock::time_point deadline = Deadline(p);
-  int polls = 0;
-  for (;;) {
-    const uint64_t gen = c.Generation();
-    int rc = attempt();
-    if (rc != SQLITE_BUSY) {
-      if (polls > 0) c.CountInLockWait(Clock::now() - start);
-      // A refusal of this very request is over; one of another request (the RESERVED this
-      // SHARED is a retry for) goes on with its own deadline.
-      if (rc == SQLITE_OK && p->pending.active && std::strcmp(p->pending.lock, lock) == 0) {
-        ClearRefusal(p);
-      }
-      return rc;
-    }
-    bool in_process = false, self = false;
-    blockers(&in_process, &self);
-    const Clock::time_point now = Clock::now();
-    if (!p->pending.active) {
-      p->pending.active = true;
-      p->pending.arrived = start;
-      p->pending.deadline = deadline;
-    }
-    if (self) {
-      RecordFailure(p, lock, "self_deadlock",
-                    "the lock is held by another connection of this same thread; waiting for "
-                    "it here would deadlock");
-      NoteRefusal(p, lock, BusyKind::kFinal);
-      return rc;
-    }
-    if (now >= deadline) {
-      c.CountTimeout();
-      RecordFailure(p, lock, "timeout",
-                    "waited " + std::to_string(p->knobs.Get(Knob::kTimeout)) +
-                        " ms (safeconc_timeout) for " +
-                        (in_process ? "this process" : "another process"));
-      NoteRefusal(p, lock, BusyKind::kFinal);
-      return rc;
-    }
-    // In-process holders wake us on release; poll now and then anyway in case another
-    // process holds the lock too.
-    const Clock::duration step =
-        in_process ? std::chrono::milliseconds(50)
-                   : std::chrono::milliseconds(std::min(1 << std::min(polls, 4), 10));
-    ++polls;
-    c.WaitForChange(gen, std::min(deadline, now + step));
+  int rc = SQLITE_OK;
+  int polls = 0, tries = 0;
+  const bool had_refusal = RefusalActive(p);
+  const bool ok = WaitInLock(
+      p, lock, nullptr,
+      [&] {
+        ++tries;
+        rc = attempt();
+        return rc != SQLITE_BUSY;
+      },
+      [&](uint64_t gen, Clock::time_point deadline) {
+        // In-process holders wake us on release; poll now and then anyway in case another
+        // process holds the lock too.
+        const Clock::duration step =
+            in_process() ? Clock::duration(timing::kInProcessRecheck) : timing::PollStep(polls);
+        ++polls;
+        c.WaitForChange(gen, std::min(deadline, Clock::now() + step));
+        return false;
+      });
+  if (ok) {
+    if (tries > 1) c.CountInLockWait(Clock::now() - start);
+    // A refusal of this very request is over; one of another request (the RESERVED this
+    // SHARED is a retry for) goes on with its own deadline.
+    if (rc == SQLITE_OK && !had_refusal) ClearRefusal(p);
+    return rc;
   }
+  c.CountTimeout();
+  RecordFailure(p, lock, Outcome::kTimeout,
+                in_process() ? "a lock held in this process" : "a lock held by another process");
+  // The pager calls the busy handler once more: it must give up at once.
+  NoteRefusal(p, lock, BusyKind::kFinal);
+  return SQLITE_BUSY;
 }
 
 // After an EXCLUSIVE request: a refused one may leave the base at PENDING (unixLock keeps the
@@ -368,26 +396,19 @@ int LockPathLock(ShimFile* p, int level) {
   sqlite3_file* o = OrigFile(p);
   Coordinator& c = Coord(p);
   const uint64_t tid = CurrentThreadId();
+  Touch(p, tid);
   int rc;
   if (level == SQLITE_LOCK_SHARED && p->level == SQLITE_LOCK_NONE) {
     // A lock period starts (rollback mode; in WAL mode the first read of the connection).
-    EnsureBusyHandler(p);
     bool took = false;
-    if (p->turn_reasons == 0 && TxnWantsTurn(p)) {
-      if (!TakeTurnForTxn(p, "SHARED", /*fails_request=*/true)) return SQLITE_BUSY;
-      took = true;
-    }
+    if (p->turn_reasons == 0 && TxnWantsTurn(p)) took = TakeTurnForTxn(p, "SHARED", false);
     rc = WaitAtSafePoint(
         p, "SHARED", [&] { return o->pMethods->xLock(o, SQLITE_LOCK_SHARED); },
-        [&](bool* in_process, bool* self) {
-          // Refused by a writer's PENDING/EXCLUSIVE: the turn holder, if it is ours.
-          BlockerInfo b = c.Blocker();
-          *in_process = b.held;
-          *self = c.TurnHeldByThread(p->ticket.get(), tid);
-        });
+        // Refused by a writer's PENDING/EXCLUSIVE: the turn holder, if it is ours.
+        [&] { return c.Blocker().held; });
     if (rc == SQLITE_OK) {
       p->level = SQLITE_LOCK_SHARED;
-      c.ReaderEnter(p->ticket.get(), tid);
+      c.ReaderEnter(p->ticket.get());
     } else if (took) {
       DropReason(p, kReasonTxn);
     }
@@ -403,11 +424,10 @@ int LockPathLock(ShimFile* p, int level) {
     // handler; waiting here wakes on each reader's release instead of sleeping).
     rc = WaitAtSafePoint(
         p, "EXCLUSIVE", [&] { return o->pMethods->xLock(o, SQLITE_LOCK_EXCLUSIVE); },
-        [&](bool* in_process, bool* self) {
+        [&] {
           int others = 0, mine = 0;
           c.CountOtherReaders(p->ticket.get(), tid, &others, &mine);
-          *in_process = others > 0;
-          *self = others > 0 && others == mine;
+          return others > 0;
         });
     NoteExclusiveResult(p, rc);
     return rc;
@@ -425,6 +445,7 @@ int LockPathLock(ShimFile* p, int level) {
 
 int LockPathUnlock(ShimFile* p, int level) {
   sqlite3_file* o = OrigFile(p);
+  Touch(p, CurrentThreadId());
   const int before = p->level;
   // Even if the base fails, the pager takes the lock as released (pagerUnlockDb) and never
   // unlocks again: keeping the turn here would keep it until the file closed.
@@ -434,6 +455,7 @@ int LockPathUnlock(ShimFile* p, int level) {
   if (level == SQLITE_LOCK_NONE) {
     // The lock period ends. In WAL mode it is the read mark's period (see ShmLock), but a
     // turn taken at the first SHARED must not outlive the connection's locks either.
+    p->turn_gave_up = false;
     DropReason(p, kReasonTxn);
     Coord(p).ReaderLeave(p->ticket.get());
   }
@@ -445,6 +467,7 @@ int LockPathUnlock(ShimFile* p, int level) {
 
 int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   sqlite3_file* o = OrigFile(p);
+  Touch(p, CurrentThreadId());
   const bool lock = (flags & SQLITE_SHM_LOCK) != 0;
   int rc;
   if (offset == kWalWriteLock && n == 1 && (flags & SQLITE_SHM_EXCLUSIVE)) {
@@ -468,15 +491,10 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
                          offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
   if (read_mark && lock) {
     bool took = false;
-    if (p->read_marks == 0) {
-      EnsureBusyHandler(p);
-      if (p->turn_reasons == 0 && !p->turn_wait_failed && TxnWantsTurn(p)) {
-        // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL, so a read whose
-        // turn cannot be had proceeds without it (recorded in safeconc_last_busy()); its
-        // write, if any, then meets SQLite's usual deferred rules.
-        took = TakeTurnForTxn(p, "WAL READ", /*fails_request=*/false);
-        p->turn_wait_failed = !took;
-      }
+    if (p->read_marks == 0 && p->turn_reasons == 0 && TxnWantsTurn(p)) {
+      // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL; a read whose turn
+      // cannot be had goes on without it, as stock SQLite would serve it.
+      took = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/false);
     }
     rc = o->pMethods->xShmLock(o, offset, n, flags);
     if (rc == SQLITE_OK) {
@@ -515,12 +533,10 @@ void LockPathShmBarrier(ShimFile* p) {
   // sends wal.c into retries with quadratically growing sleeps, seen as ~1 s stalls with
   // many threads. Safe point: no read mark is held yet.
   // A checkpoint reads the header too (holding CKPT, and never taking a read mark): not here.
-  // A turn wait that already failed in this lock period is not repeated: each would wait out
-  // safeconc_timeout again, and wal.c calls the barrier on every retry of its read loop.
-  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && !p->turn_wait_failed &&
-      TxnWantsTurn(p)) {
-    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*fails_request=*/false, /*pre_read=*/true);
-    p->turn_wait_failed = !p->pre_read_turn;
+  // A turn wait that already gave up in this lock period is not repeated (wal.c calls the
+  // barrier on every retry of its read loop).
+  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && TxnWantsTurn(p)) {
+    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
   }
 }
 

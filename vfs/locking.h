@@ -5,16 +5,21 @@
 // Wait points (see docs/architecture.md for why each is safe):
 //   rollback NONE->SHARED            waits here for an in-process writer's PENDING/EXCLUSIVE
 //   rollback RESERVED->EXCLUSIVE     waits here for readers to leave (commit)
-//   turn at a lock period's start    waits here in FIFO order (safeconc_txn=immediate/serial)
-//   SHARED->RESERVED, WAL WRITE      never wait here: queue, return SQLITE_BUSY, and let the
-//                                    busy handler wait for this ticket's turn with no locks
-//                                    held (SQLite drops them before it calls the handler)
+//   turn at a lock period's start    waits here for the turn (safeconc_txn=immediate/serial,
+//                                    or a writing statement); if it cannot be had, the period
+//                                    goes on without it, as stock SQLite would
+//   SHARED->RESERVED, WAL WRITE      never wait here: a request SQLite retries queues and gets
+//                                    SQLITE_BUSY, and the busy handler waits for its turn with
+//                                    no locks held; an upgrade (never retried) takes a free
+//                                    turn or fails at once
+// Every wait here is bounded by the connection's busy policy: its binding's busy handler, or
+// safeconc_timeout when the binding set none.
 #ifndef SAFECONC_VFS_LOCKING_H
 #define SAFECONC_VFS_LOCKING_H
 
 #include <sqlite3.h>
 
-#include <string>
+#include "vfs/refusal.h"
 
 namespace safeconc {
 
@@ -37,30 +42,33 @@ int SleepHook(sqlite3_vfs* base, int micros);
 
 // ---- Shared by lock_paths.cc and busy.cc -------------------------------------------------
 
-// What kind of wait a refused request needs from the busy handler / xSleep.
-enum class BusyKind {
-  kTurn,   // queued for the write turn: wait until its ticket is front with the turn free
-  kCross,  // another process holds the base lock: poll with backoff
-  kFinal,  // will not succeed by waiting (timed out, self-deadlock): give up at once
-};
-
-// Records, for this thread, that p's request `lock` was just refused, and makes sure the
-// connection has a busy handler that will come back for it (enforced busy handling).
-void NoteRefusal(ShimFile* p, const char* lock, BusyKind kind);
-// Makes sure p's connection has a busy handler (enforced busy handling): probes the handler
-// SQLite would run (SQLITE_FCNTL_BUSYHANDLER) and installs ours if there is none. Cheap
-// unless the binding's own handler was already seen, in which case it does nothing.
+// Makes sure p's connection has a busy handler that will come back for a refused request
+// (enforced busy handling): probes the handler SQLite would run (SQLITE_FCNTL_BUSYHANDLER)
+// and installs ours if there is none. Does nothing once the binding's own handler was seen,
+// or when the calling connection cannot be known (shared cache).
 void EnsureBusyHandler(ShimFile* p);
-// The refusal of p ended (granted, or given up): forget the thread-local record of it.
-void ClearRefusal(ShimFile* p);
-// Writes p->last_busy for a request that failed, and logs it through sqlite3_log.
-void RecordFailure(ShimFile* p, const char* lock, const char* result, const std::string& message);
-// safeconc_last_busy()'s message for a write that SQLite failed at once (a read transaction
-// that tried to write while the turn was busy).
-extern const char* const kFastFailMessage;
 
-// safeconc_last_busy() for the database file of p: JSON, or "" if no request failed yet.
-std::string LastBusyJson(ShimFile* p);
+// A wait inside a lock call (a safe point) that follows the connection's busy policy. The
+// lock path tries its request; on a refusal it runs the connection's busy handler through
+// SQLite's wrapper, exactly as SQLite itself would between two tries (so a binding's timeout
+// bounds the wait and its handler is called as often as stock SQLite calls it). While the
+// handler sleeps through the VFS xSleep, the sleep wakes on each release in this process and
+// tries the request again; it returns early only once the request succeeded, so the
+// handler's own accounting of the delays it asked for stays true.
+struct InLockWait {
+  Coordinator* coord;
+  Ticket* turn;                 // waiting for the write turn (t is queued); null: for a release
+  bool (*attempt)(void* ctx);   // tries the request once; true once it succeeded
+  void* ctx;
+  uint64_t generation = 0;      // Coordinator::Generation() before the last failed try
+  bool succeeded = false;       // an attempt inside the handler's sleep succeeded
+  bool reached_ours = false;    // the handler that ran is safeconc's own
+  bool slept = false;           // the handler slept through the VFS xSleep
+};
+// Runs p's busy handler once for `w`. Returns what the handler said (non-zero: retry).
+// Afterwards w->succeeded, w->reached_ours and w->slept tell what happened; a handler that
+// returned 0 without sleeping through the VFS (or no handler) is indistinguishable from none.
+int RunHandlerInLock(ShimFile* p, InLockWait* w);
 
 }  // namespace safeconc
 

@@ -14,6 +14,7 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -40,26 +41,35 @@ struct ShimFile {
   LockCounters counters;           // this handle's lock calls
   std::shared_ptr<Ticket> ticket;  // place in the coordinator's line (shared with busy records)
   uint64_t handle_id = 0;          // process-unique, for diagnostics
-  // Owned by the connection's thread (SQLite calls one method of a file at a time).
+  // The connection (SQLITE_FCNTL_PDB). Under shared cache one file serves several
+  // connections and SQLite sends PDB once per connection: from the second one on, the file's
+  // caller cannot be known, `shared_cache` is set and the lock paths call no SQLite API on a
+  // connection (see Caller()). Atomics: another connection's open writes them while this
+  // one's thread reads them.
+  std::atomic<sqlite3*> db{nullptr};
+  std::atomic<bool> shared_cache{false};
+  // Owned by the connection's thread (SQLite calls one method of a file at a time; under
+  // shared cache, one connection at a time, under the shared btree's mutex).
   int (*busy_fn)(void*) = nullptr;  // SQLite's busy-handler wrapper (SQLITE_FCNTL_BUSYHANDLER)
   void* busy_arg = nullptr;
-  sqlite3* db = nullptr;         // the connection (SQLITE_FCNTL_PDB), null if never told
   int level = SQLITE_LOCK_NONE;  // the base lock level this handle holds
-  bool wal = false;              // the WAL-index is mapped: transactions are read marks
   int read_marks = 0;            // WAL read-mark (READ_i shared) locks held
   unsigned turn_reasons = 0;     // TurnReason bits; non-zero iff this handle holds the turn
   bool pre_read_turn = false;    // the turn was taken before a WAL read start (xShmBarrier)
-  // A turn wait of this WAL lock period already failed (timeout, self-deadlock) and the read
-  // went on without the turn: no second wait until the period ends; its write fails at once.
-  bool turn_wait_failed = false;
+  // A turn wait of this lock period gave up (timeout, or the binding's handler gave up) and
+  // the read went on without the turn: no second wait until the period ends, and its write
+  // fails at once rather than wait a second timeout.
+  bool turn_gave_up = false;
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
-  // The current refused request, until it is granted or fails.
+  // The current refused request, until it is granted or fails (owned by vfs/refusal.cc).
   struct Pending {
     bool active = false;
+    bool final = false;          // its last refusal was final: no retry continues it
     const char* lock = "";       // what was asked for ("RESERVED", "WAL WRITE", ...)
     Clock::time_point arrived;   // first refusal
+    Clock::time_point last;      // latest refusal (a retry comes back within kStaleTicket)
     Clock::time_point deadline;  // arrived + safeconc_timeout
   } pending;
   std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
@@ -70,6 +80,14 @@ static_assert(sizeof(ShimFile) % 8 == 0, "the base file after a ShimFile must st
 
 // The base file, stored right after the ShimFile.
 inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_file*>(p + 1); }
+
+// The connection making p's VFS calls, when it can be known: null under shared cache (and
+// before SQLite said). Only the calling connection may be passed to an SQLite API from
+// inside a VFS method.
+inline sqlite3* Caller(const ShimFile* p) {
+  if (p->shared_cache.load(std::memory_order_acquire)) return nullptr;
+  return p->db.load(std::memory_order_relaxed);
+}
 
 // Registers the VFS (once per process; later calls are harmless) and makes it the
 // default. Returns an SQLite code; on failure *err says why.

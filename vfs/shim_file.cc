@@ -50,7 +50,6 @@ int ShimDeviceCharacteristics(sqlite3_file* f) {
   return o->pMethods->xDeviceCharacteristics(o);
 }
 int ShimShmMap(sqlite3_file* f, int pg, int pgsz, int extend, void volatile** pp) {
-  Shim(f)->wal = true;  // lock periods are read marks from now on
   sqlite3_file* o = Orig(f);
   return o->pMethods->xShmMap(o, pg, pgsz, extend, pp);
 }
@@ -60,7 +59,6 @@ void ShimShmBarrier(sqlite3_file* f) {
   o->pMethods->xShmBarrier(o);
 }
 int ShimShmUnmap(sqlite3_file* f, int delete_flag) {
-  Shim(f)->wal = false;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xShmUnmap(o, delete_flag);
 }
@@ -150,11 +148,19 @@ int ShimFileControl(sqlite3_file* f, int op, void* arg) {
       if (rc != SQLITE_NOTFOUND) return rc;
       break;
     }
-    case SQLITE_FCNTL_PDB:
-      // SQLite tells the file which connection owns it (at open and when shared-cache moves
-      // it): the lock path asks that connection whether a transaction is open.
-      p->db = *static_cast<sqlite3**>(arg);
+    case SQLITE_FCNTL_PDB: {
+      // SQLite tells the file which connection opened it; under shared cache every later
+      // connection to the same cache says so again on the same file. From then on the
+      // caller of a lock method is not known (see Caller()).
+      sqlite3* db = *static_cast<sqlite3**>(arg);
+      sqlite3* had = p->db.load(std::memory_order_relaxed);
+      if (had == nullptr) {
+        p->db.store(db, std::memory_order_relaxed);
+      } else if (had != db) {
+        p->shared_cache.store(true, std::memory_order_release);
+      }
       break;
+    }
     case SQLITE_FCNTL_BUSYHANDLER: {
       // SQLite hands every VFS its wrapper around the connection's busy handler; keep it so
       // the lock path can run the handler. Still forwarded below.
