@@ -186,8 +186,9 @@ RtwResult RunReadThenWrite(const std::string& path, const char* vfs, const char*
   RunTogether(threads, [&](int, auto wait_for_all) {
     sqlite3* db = Open(uri, vfs);
     sqlite3_busy_timeout(db, 5000);
-    // The durability setting is this test's own choice (speed), the same for both VFSes.
-    sqlite3_exec(db, "PRAGMA synchronous=OFF", nullptr, nullptr, nullptr);
+    // synchronous stays at its default (FULL), as issue 10 measured: the commit's fsync is
+    // what lets stock's busy handler space the readers out; with OFF both VFSes fail ~80-90%
+    // and the comparison cannot tell a 3.5x regression from noise.
     sqlite3_stmt* sel = nullptr;
     sqlite3_stmt* upd = nullptr;
     sqlite3_prepare_v2(db, "SELECT n FROM c", -1, &sel, nullptr);
@@ -245,19 +246,33 @@ class CoordinatorV2ReadThenWrite : public testing::TestWithParam<const char*> {}
 TEST_P(CoordinatorV2ReadThenWrite, FailsNoMoreOftenThanStock) {
   sctest::LoadExtension();
   sctest::TempDir dir;
-  const int threads = 16, per = Scaled(100);
+  const int threads = 16, per = Scaled(50), rounds = 3;
   const char* journal = GetParam();
-  const RtwResult stock = RunReadThenWrite(dir.File("stock.db"), "unix", journal, threads, per);
-  const RtwResult ours =
-      RunReadThenWrite(dir.File("safeconc.db"), "safeconc", journal, threads, per);
-  printf("[ read-then-write %s, %d x %d ] failures: stock %d, safeconc %d\n", journal, threads, per,
-         stock.failed, ours.failed);
-  // Tolerance: stock's own count varies by about +-15% between runs (issue 10 measured
-  // 1735-2341 of 6400), so allow 1.2x stock plus 2% of all transactions for the runs where
-  // stock happens to fail very little. The bug this catches was 3.5x stock.
-  const int total = threads * per;
-  EXPECT_LE(ours.failed, stock.failed * 1.2 + total / 50)
-      << "safeconc failed " << ours.failed << " of " << total << ", stock " << stock.failed;
+  // Stock's own count swings widely between runs in rollback mode (here 160-1050 of 1600 per
+  // run; issue 10 saw 1735-2341 of 6400), so the two are compared over interleaved rounds
+  // (stock, safeconc, stock, ...) on fresh files: a drift of the machine's load hits both.
+  int stock = 0, ours = 0;
+  std::string rounds_text;
+  for (int r = 0; r < rounds; ++r) {
+    const std::string n = std::to_string(r);
+    const RtwResult s =
+        RunReadThenWrite(dir.File("stock" + n + ".db"), "unix", journal, threads, per);
+    const RtwResult o =
+        RunReadThenWrite(dir.File("safeconc" + n + ".db"), "safeconc", journal, threads, per);
+    stock += s.failed;
+    ours += o.failed;
+    rounds_text += " " + std::to_string(s.failed) + "/" + std::to_string(o.failed);
+  }
+  const int total = rounds * threads * per;
+  printf(
+      "[ read-then-write %s, %d x %d x %d rounds ] failures: stock %d, safeconc %d of %d "
+      "(per round stock/safeconc:%s)\n",
+      journal, threads, per, rounds, stock, ours, total, rounds_text.c_str());
+  // Tolerance: 1.2x stock for what is left of stock's variance over three rounds, plus 2% of
+  // all transactions for the runs where stock happens to fail very little. The bug this
+  // catches failed 3.5x as often as stock.
+  EXPECT_LE(ours, stock * 1.2 + total / 50)
+      << "safeconc failed " << ours << " of " << total << ", stock " << stock;
 }
 
 INSTANTIATE_TEST_SUITE_P(JournalModes, CoordinatorV2ReadThenWrite,
