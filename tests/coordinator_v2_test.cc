@@ -25,6 +25,7 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -285,6 +286,10 @@ struct HandoffParam {
   bool binding_timeout;  // B set busy_timeout(5000) itself; otherwise it set nothing
 };
 
+void PrintTo(const HandoffParam& p, std::ostream* os) {
+  *os << p.journal << (p.binding_timeout ? ", busy_timeout 5000" : ", no handler");
+}
+
 class CoordinatorV2Handoff : public V2Fixture, public testing::TestWithParam<HandoffParam> {
  protected:
   void SetUp() override { Create(GetParam().journal); }
@@ -323,7 +328,7 @@ TEST_P(CoordinatorV2Handoff, WriteWaitsForTransactionCommittedByAnotherThread) {
     EXPECT_GE(ms, 150);
     EXPECT_LT(ms, 4000);
   }
-  EXPECT_EQ(a.Int("SELECT count(*) FROM t"), 5);
+  EXPECT_EQ(a.Int("SELECT count(*) FROM t"), rc == SQLITE_OK ? 5 : 4);
   EXPECT_EQ(a.Text("PRAGMA integrity_check"), "ok");
 }
 
@@ -375,6 +380,11 @@ struct BusyParam {
   const char* journal;
   bool holder_on_other_thread;
 };
+
+void PrintTo(const BusyParam& p, std::ostream* os) {
+  *os << p.journal
+      << (p.holder_on_other_thread ? ", holder on another thread" : ", holder on this thread");
+}
 
 std::string BusyName(const testing::TestParamInfo<BusyParam>& i) {
   return std::string(i.param.journal) +
@@ -459,6 +469,11 @@ struct ReadParam {
   const char* txn;       // safeconc_txn of both connections
   bool binding_timeout;  // B's 500 ms come from busy_timeout(500), else from safeconc_timeout
 };
+
+void PrintTo(const ReadParam& p, std::ostream* os) {
+  *os << p.journal << ", safeconc_txn=" << p.txn
+      << (p.binding_timeout ? ", busy_timeout 500" : ", safeconc_timeout=500");
+}
 
 class CoordinatorV2TurnModes : public V2Fixture, public testing::TestWithParam<ReadParam> {
  protected:
@@ -704,6 +719,11 @@ struct FairParam {
   const char* journal;
   FairWorkload workload;
 };
+
+void PrintTo(const FairParam& p, std::ostream* os) {
+  *os << "safeconc_fair_ms=" << p.fair_ms << ", " << p.journal
+      << (p.workload == FairWorkload::kAutocommit ? ", autocommit" : ", BEGIN IMMEDIATE");
+}
 
 class CoordinatorV2Fairness : public testing::TestWithParam<FairParam> {
  protected:
