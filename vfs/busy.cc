@@ -48,7 +48,7 @@ bool SleepTryingInLock(InLockWait* w, Clock::time_point until) {
           return false;
       }
     } else {
-      c.WaitForChange(w->generation, until);
+      c.WaitForChange(w->generation, until, w->one_at_a_time);
     }
     w->generation = c.Generation();
     if (w->attempt(w->ctx)) return true;
@@ -90,10 +90,14 @@ int RunHandlerInLock(ShimFile* p, InLockWait* w) {
   t_in_lock = w;
   const int again = p->busy_fn(p->busy_arg);
   t_in_lock = outer;
+
   if (w->reached_ours) {
     p->handler = ShimFile::Handler::kOurs;
   } else if (again != 0 || w->slept) {
     p->handler = ShimFile::Handler::kBinding;
+  } else if (p->handler == ShimFile::Handler::kBinding) {
+    // The binding's handler, seen before, gave up without sleeping (its timeout is used up).
+    w->gave_up = true;
   } else if (sqlite3* db = Caller(p)) {
     // No handler (or one that gave up at once without sleeping: indistinguishable): busy
     // handling is enforced, and the lock path goes on waiting by safeconc_timeout.
@@ -118,7 +122,12 @@ int BusyHandler(void* arg, int count) {
   if (r.ticket != nullptr && !r.ticket->coord->IsOpen(r.ticket.get())) {
     r = BusyRecord();  // its file closed: r.file is gone, and r.db may be another connection
   }
-  if (r.ticket == nullptr || !r.armed || r.db != static_cast<sqlite3*>(arg) || r.file == nullptr) {
+  // Under shared cache the record names no connection (r.db null): SQLite runs the handler of
+  // whichever connection of the cache was refused, on this thread, right after the refusal
+  // (microseconds; a later handler call on this thread is another connection's episode).
+  const bool mine = r.db == static_cast<sqlite3*>(arg) ||
+                    (r.db == nullptr && Clock::now() - r.refused_at < timing::kFinalSleepWindow);
+  if (r.ticket == nullptr || !r.armed || !mine || r.file == nullptr) {
     // Refused by something that left no armed record (wal.c reporting a busy read, a lock a
     // checkpoint holds): behave like a plain busy timeout with short sleeps. SQLite's count
     // only grows within one episode (our probe may have bumped it past 0), so a count that

@@ -199,6 +199,11 @@ bool Coordinator::ReadStarted(Ticket* t) {
 void Coordinator::BumpGenerationLocked() {
   ++generation_;
   if (change_waiters_ > 0) changed_.SignalAll();
+  // Readers waiting for a writer's lock are woken one per release, not as a herd: woken
+  // together they all start read transactions at once, and every one of them that then wants
+  // to write (a deferred read-then-write) meets the others' read locks and fails. One wakes;
+  // its own release (the end of its lock period) wakes the next.
+  if (one_waiters_ > 0) changed_one_.Signal();
 }
 
 // ---- The write turn --------------------------------------------------------------------
@@ -400,9 +405,15 @@ uint64_t Coordinator::Generation() {
   return generation_;
 }
 
-void Coordinator::WaitForChange(uint64_t gen, Clock::time_point until) {
+void Coordinator::WaitForChange(uint64_t gen, Clock::time_point until, bool one_at_a_time) {
   MutexLock l(&mu_);
   while (generation_ == gen && Clock::now() < until) {
+    if (one_at_a_time) {
+      ++one_waiters_;
+      changed_one_.WaitUntil(&mu_, until);
+      --one_waiters_;
+      return;  // woken for this release (or timed out): the caller tries once
+    }
     ++change_waiters_;
     changed_.WaitUntil(&mu_, until);
     --change_waiters_;

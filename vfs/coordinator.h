@@ -159,8 +159,11 @@ class Coordinator {
   // A counter bumped on every release (turn or read lock); waiters for "something was
   // released" wait for it to change.
   uint64_t Generation() SC_EXCLUDES(mu_);
-  // Waits until Generation() != gen or `until`.
-  void WaitForChange(uint64_t gen, Clock::time_point until) SC_EXCLUDES(mu_);
+  // Waits until Generation() != gen or `until`. `one_at_a_time`: one such waiter is woken per
+  // release (readers refused by a writer's lock, see the .cc); it may return on a release
+  // that happened before it came (gen is old) or on its own wake-up.
+  void WaitForChange(uint64_t gen, Clock::time_point until, bool one_at_a_time = false)
+      SC_EXCLUDES(mu_);
   // Something other than a turn or a read lock was released (a lock held outside the turn,
   // e.g. a hot-journal EXCLUSIVE): wake whoever waits for a change.
   void NotifyRelease() SC_EXCLUDES(mu_);
@@ -231,6 +234,8 @@ class Coordinator {
   uint64_t generation_ SC_GUARDED_BY(mu_) = 0;
   int change_waiters_ SC_GUARDED_BY(mu_) = 0;
   CondVar changed_;
+  int one_waiters_ SC_GUARDED_BY(mu_) = 0;
+  CondVar changed_one_;
   std::atomic<bool> contended_{false};  // see Contended()
 
   struct Stats {

@@ -61,13 +61,16 @@ struct InLockWait {
   bool (*attempt)(void* ctx);   // tries the request once; true once it succeeded
   void* ctx;
   uint64_t generation = 0;      // Coordinator::Generation() before the last failed try
+  bool one_at_a_time = false;   // a reader refused by a writer: woken one per release
   bool succeeded = false;       // an attempt inside the handler's sleep succeeded
   bool reached_ours = false;    // the handler that ran is safeconc's own
   bool slept = false;           // the handler slept through the VFS xSleep
+  bool gave_up = false;         // the binding's handler (seen before) returned 0 at once
 };
 // Runs p's busy handler once for `w`. Returns what the handler said (non-zero: retry).
-// Afterwards w->succeeded, w->reached_ours and w->slept tell what happened; a handler that
-// returned 0 without sleeping through the VFS (or no handler) is indistinguishable from none.
+// Afterwards w's flags tell what happened. A handler that returns 0 without sleeping through the
+// VFS is indistinguishable from no handler, unless the binding's handler was seen on this
+// connection before (then it gave up); with none, safeconc's own is installed.
 int RunHandlerInLock(ShimFile* p, InLockWait* w);
 
 }  // namespace safeconc

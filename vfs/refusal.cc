@@ -92,7 +92,7 @@ void NoteRefusal(ShimFile* p, const char* lock, BusyKind kind) {
   BusyRecord& r = t_busy;
   r.ticket = p->ticket;
   r.file = p;
-  r.db = p->db;
+  r.db = Caller(p);  // null under shared cache: the busy handler then accepts any caller
   r.kind = kind;
   r.armed = true;
   r.refused_at = now;
