@@ -123,12 +123,14 @@ test('sync calls on a connection with queries in flight throw; prepare() waits i
   assert.throws(() => db.function('g', () => 1), /busy with async queries/);
   // prepare() needs the connection only briefly: it runs the pending UDF calls while it
   // waits for it, instead of waiting for a query that waits for this thread.
-  await new Promise((r) => setImmediate(r)); // let the query start calling id()
+  while (calls === 0) await new Promise((r) => setImmediate(r)); // the query is in its step
   const s = db.prepare('SELECT 2 AS v');
+  // The query's one step (the whole aggregate) held the connection: prepare() got it only
+  // after that step ended, having run every remaining id() call itself meanwhile.
+  assert.equal(calls, 3000);
   assert.deepEqual(await q, { s: 4501500 });
   assert.deepEqual(s.get(), { v: 2 });
   db.function('g', () => 1); // fine once idle
-  assert.equal(calls, 3000);
   db.close();
 });
 

@@ -237,8 +237,9 @@ napi_value StepSync(napi_env env, napi_callback_info info) {
     uint32_t n = 0;
     const int64_t before = sqlite3_total_changes64(db);
     int rc;
+    std::string msg;
     {
-      Stepping scope(env, s);
+      Stepping scope(env, s);  // ends before anything is thrown: it may start queued jobs
       while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (mode == kModeGet) {
           out = row();
@@ -246,13 +247,10 @@ napi_value StepSync(napi_env env, napi_callback_info info) {
         }
         if (mode == kModeAll) napi_set_element(env, out, n++, row());
       }
-      if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        const std::string msg = sqlite3_errmsg(db);
-        sqlite3_reset(st);
-        return ThrowStatementError(env, s->db.get(), msg, rc);
-      }
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE) msg = sqlite3_errmsg(db);
       sqlite3_reset(st);
     }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ThrowStatementError(env, s->db.get(), msg, rc);
     if (mode == kModeGet && out == nullptr) napi_get_undefined(env, &out);
     if (mode == kModeRun) {
       napi_value v;
