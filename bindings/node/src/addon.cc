@@ -198,8 +198,8 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_add_env_cleanup_hook(env, FreeEnv, slot);
   napi_value name;
   NAPI_OK(napi_create_string_utf8(env, "safeconc-done", NAPI_AUTO_LENGTH, &name));
-  NAPI_OK(napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, nullptr, nullptr,
-                                          st, DoneCallJs, &st->done_tsfn));
+  NAPI_OK(napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, nullptr, nullptr, st,
+                                          DoneCallJs, &st->done_tsfn));
   napi_unref_threadsafe_function(env, st->done_tsfn);  // ref'd while jobs are out
   napi_add_env_cleanup_hook(env, TeardownHook, st);
   if (!InitDatabase(env, exports) || !InitStatement(env, exports)) return nullptr;

@@ -67,7 +67,7 @@ napi_value Int64ToJs(napi_env env, int64_t v, bool safe_ints);
 
 // ---- Errors (errors.cc) ----
 struct EnvState;
-const char* CodeName(int rc);  // "SQLITE_CONSTRAINT_PRIMARYKEY"
+const char* CodeName(int rc);      // "SQLITE_CONSTRAINT_PRIMARYKEY"
 napi_value Pending(napi_env env);  // makes sure an exception is pending; returns nullptr
 napi_value ThrowError(napi_env env, const std::string& msg);
 napi_value ThrowType(napi_env env, const std::string& msg);
@@ -90,15 +90,15 @@ struct Job;
 struct EnvState {
   // JS thread only.
   napi_env env = nullptr;
-  safeconc_owner* owner = nullptr;        // opened on first use, closed at teardown
+  safeconc_owner* owner = nullptr;               // opened on first use, closed at teardown
   napi_threadsafe_function udf_tsfn = nullptr;   // wakes the JS thread for UDF tasks
   napi_threadsafe_function done_tsfn = nullptr;  // delivers finished Jobs to the JS thread
-  int jobs_submitted = 0;     // Jobs on the pool; done_tsfn is ref'd while > 0
-  bool exiting = false;       // process 'exit' or teardown: no new async work
-  std::set<Db*> dbs;          // open connections
-  std::set<FuncData*> funcs;  // registered functions not yet destroyed
-  std::set<Job*> jobs;        // every Job not yet deleted
-  napi_ref sqlite_error = nullptr;  // the SqliteError class
+  int jobs_submitted = 0;                        // Jobs on the pool; done_tsfn is ref'd while > 0
+  bool exiting = false;                          // process 'exit' or teardown: no new async work
+  std::set<Db*> dbs;                             // open connections
+  std::set<FuncData*> funcs;                     // registered functions not yet destroyed
+  std::set<Job*> jobs;                           // every Job not yet deleted
+  napi_ref sqlite_error = nullptr;               // the SqliteError class
   napi_ref db_ctor = nullptr, stmt_ctor = nullptr;
 
   // UDF tasks handed over by the dispatch hook (any thread), run on the JS thread.
@@ -136,14 +136,14 @@ struct Db {
   sqlite3* db = nullptr;  // nullptr once closed
   std::string path;
   bool readonly = false;
-  bool closing = false;      // close() called while jobs were queued: closes when they end
-  Job* running = nullptr;    // on the pool now
-  std::deque<Job*> queue;    // waiting to run, in call order
-  int sync_running = 0;      // sync statements of this connection stepping on the JS thread
-  int iterating = 0;         // sync iterators open
-  std::set<Stmt*> stmts;     // finalized when the connection closes
+  bool closing = false;    // close() called while jobs were queued: closes when they end
+  Job* running = nullptr;  // on the pool now
+  std::deque<Job*> queue;  // waiting to run, in call order
+  int sync_running = 0;    // sync statements of this connection stepping on the JS thread
+  int iterating = 0;       // sync iterators open
+  std::set<Stmt*> stmts;   // finalized when the connection closes
   std::vector<sqlite3_stmt*> finalize_later;  // statements collected while a job ran
-  napi_ref udf_error = nullptr;  // what a JS UDF of this connection threw last
+  napi_ref udf_error = nullptr;               // what a JS UDF of this connection threw last
   Tally tally{kLiveDbs};
 
   ~Db();
@@ -157,13 +157,13 @@ struct Stmt {
   std::shared_ptr<Db> db;
   sqlite3_stmt* st = nullptr;  // nullptr once the connection closed
   std::string sql;
-  bool reader = false;   // returns data
+  bool reader = false;  // returns data
   bool has_bound = false;
-  std::vector<Val> bound;  // bind(): the permanent parameters
-  bool stepping = false;   // a sync step of it is on the stack
-  int iter = 0;            // 1: a sync iterator is open, 2: an async one
+  std::vector<Val> bound;        // bind(): the permanent parameters
+  bool stepping = false;         // a sync step of it is on the stack
+  int iter = 0;                  // 1: a sync iterator is open, 2: an async one
   std::vector<Val> iter_params;  // the async iterator's parameters, bound by its first fetch
-  int jobs = 0;            // async jobs of it not finished
+  int jobs = 0;                  // async jobs of it not finished
   Tally tally{kLiveStmts};
   ~Stmt();
 };
@@ -176,22 +176,22 @@ struct Job {
   std::shared_ptr<Db> db;
   std::shared_ptr<Stmt> stmt;  // nullptr for kExec
   JobKind kind = JobKind::kAll;
-  int flags = 0;               // RowFlags
-  std::string sql;             // kExec
+  int flags = 0;    // RowFlags
+  std::string sql;  // kExec
   std::vector<Val> params;
-  bool bind = true;            // kFetch: the first batch resets and binds
-  int batch = 0;               // kFetch: rows per batch
+  bool bind = true;  // kFetch: the first batch resets and binds
+  int batch = 0;     // kFetch: rows per batch
   napi_deferred deferred = nullptr;
   // Results: written by the pool thread, read on the JS thread after delivery.
-  int rc = SQLITE_OK;          // extended code
+  int rc = SQLITE_OK;  // extended code
   std::string error;
   std::vector<std::string> names;
   std::vector<std::string> tables;  // kExpand
   std::vector<std::vector<Val>> rows;
   int64_t changes = 0, last_rowid = 0;
-  bool done = false;           // kFetch: the statement reached its end (or failed)
-  bool submitted = false;      // guarded by st->mu: handed to the pool
-  bool finished = false;       // guarded by st->mu: the pool is done with it
+  bool done = false;       // kFetch: the statement reached its end (or failed)
+  bool submitted = false;  // guarded by st->mu: handed to the pool
+  bool finished = false;   // guarded by st->mu: the pool is done with it
   Tally tally{kLiveJobs};
 };
 

@@ -34,7 +34,8 @@ std::string SyncRefusal(Db* d, const char* what) {
            " async query(ies); await them first (the JS thread must not wait for the "
            "connection while a query on the pool waits for the JS thread)";
   }
-  if (d->iterating) return "This database connection is busy executing a query (an iterator is open)";
+  if (d->iterating)
+    return "This database connection is busy executing a query (an iterator is open)";
   return std::string();
 }
 
@@ -92,7 +93,8 @@ napi_value Exec(napi_env env, napi_callback_info info) {
   Db* d = Self(env, info, &argc, argv);
   if (!d) return nullptr;
   std::string sql;
-  if (argc < 1 || !GetString(env, argv[0], &sql)) return ThrowType(env, "Expected first argument to be a string");
+  if (argc < 1 || !GetString(env, argv[0], &sql))
+    return ThrowType(env, "Expected first argument to be a string");
   const std::string why = SyncRefusal(d, "exec()");
   if (!why.empty()) return ThrowType(env, why);
   int rc = SQLITE_OK;
@@ -114,7 +116,8 @@ napi_value ExecAsync(napi_env env, napi_callback_info info) {
     std::shared_ptr<Db> d = UnwrapShared<Db>(env, self);
     if (!d) return ThrowType(env, "not a Database");
     auto j = std::make_unique<Job>();
-    if (argc < 1 || !GetString(env, argv[0], &j->sql)) return ThrowType(env, "Expected first argument to be a string");
+    if (argc < 1 || !GetString(env, argv[0], &j->sql))
+      return ThrowType(env, "Expected first argument to be a string");
     if (!d->Open() || d->st->exiting) return ThrowType(env, kNotOpen);
     j->st = d->st;
     j->db = d;
@@ -132,10 +135,13 @@ napi_value Close(napi_env env, napi_callback_info info) {
   if (!d) return nullptr;
   if (!d->Open()) return nullptr;  // closing twice is harmless
   if (InUdfOf(d)) {
-    return ThrowType(env, "close() was called from inside a user-defined function of this "
-                          "database; close it after the query finishes");
+    return ThrowType(env,
+                     "close() was called from inside a user-defined function of this "
+                     "database; close it after the query finishes");
   }
-  if (d->iterating) return ThrowType(env, "This database connection is busy executing a query (an iterator is open)");
+  if (d->iterating)
+    return ThrowType(env,
+                     "This database connection is busy executing a query (an iterator is open)");
   d->closing = true;
   if (!d->Busy()) d->CloseNow(env);
   return nullptr;
@@ -218,12 +224,13 @@ napi_value InitDatabase(napi_env env, napi_value exports) {
       {"_function", nullptr, DbFunction, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"_aggregate", nullptr, DbAggregate, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"open", nullptr, nullptr, GetOpen, nullptr, nullptr, napi_default, nullptr},
-      {"inTransaction", nullptr, nullptr, GetInTransaction, nullptr, nullptr, napi_default, nullptr},
+      {"inTransaction", nullptr, nullptr, GetInTransaction, nullptr, nullptr, napi_default,
+       nullptr},
       {"readonly", nullptr, nullptr, GetReadonly, nullptr, nullptr, napi_default, nullptr},
   };
   napi_value ctor;
-  NAPI_OK(napi_define_class(env, "Database", NAPI_AUTO_LENGTH, New, nullptr,
-                            sizeof m / sizeof m[0], m, &ctor));
+  NAPI_OK(napi_define_class(env, "Database", NAPI_AUTO_LENGTH, New, nullptr, sizeof m / sizeof m[0],
+                            m, &ctor));
   NAPI_OK(napi_create_reference(env, ctor, 1, &State(env)->db_ctor));
   NAPI_OK(napi_set_named_property(env, exports, "Database", ctor));
   return exports;

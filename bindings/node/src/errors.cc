@@ -167,8 +167,8 @@ napi_value MakeSqliteError(napi_env env, const std::string& msg, int rc) {
   napi_create_string_utf8(env, msg.data(), msg.size(), &m);
   napi_create_string_utf8(env, CodeName(rc), NAPI_AUTO_LENGTH, &code);
   EnvState* st = State(env);
-  if (st && st->sqlite_error &&
-      napi_get_reference_value(env, st->sqlite_error, &ctor) == napi_ok && ctor) {
+  if (st && st->sqlite_error && napi_get_reference_value(env, st->sqlite_error, &ctor) == napi_ok &&
+      ctor) {
     napi_value argv[2] = {m, code};
     if (napi_new_instance(env, ctor, 2, argv, &e) == napi_ok) return e;
     bool pending = false;

@@ -226,8 +226,7 @@ void StartNext(napi_env env, Db* d) {
   // A sync statement or iterator of the connection is between two steps on the JS thread:
   // a job started now could take the connection and wait for the JS thread, which waits for
   // the connection. Jobs wait for them to finish.
-  while (d->running == nullptr && d->sync_running == 0 && d->iterating == 0 &&
-         !d->queue.empty()) {
+  while (d->running == nullptr && d->sync_running == 0 && d->iterating == 0 && !d->queue.empty()) {
     Job* j = d->queue.front();
     d->queue.pop_front();
     if (d->db == nullptr || st->exiting) {

@@ -33,7 +33,8 @@ class RowShape {
     }
     if (flags_ & kRaw) {
       napi_create_array_with_length(env_, ncol, &out);
-      for (size_t c = 0; c < ncol; ++c) napi_set_element(env_, out, static_cast<uint32_t>(c), get(c));
+      for (size_t c = 0; c < ncol; ++c)
+        napi_set_element(env_, out, static_cast<uint32_t>(c), get(c));
       return out;
     }
     napi_create_object(env_, &out);

@@ -228,9 +228,8 @@ napi_value StepSync(napi_env env, napi_callback_info info) {
     if (mode != kModeRun) names = Names(st, flags, &tables);
     RowShape shape(env, flags, names, tables);
     auto row = [&] {
-      return shape.Build(names.size(), [&](size_t k) {
-        return ColumnToJs(env, st, static_cast<int>(k), safe);
-      });
+      return shape.Build(names.size(),
+                         [&](size_t k) { return ColumnToJs(env, st, static_cast<int>(k), safe); });
     };
     napi_value out = nullptr;
     if (mode == kModeAll) napi_create_array(env, &out);
@@ -250,7 +249,8 @@ napi_value StepSync(napi_env env, napi_callback_info info) {
       if (rc != SQLITE_ROW && rc != SQLITE_DONE) msg = sqlite3_errmsg(db);
       sqlite3_reset(st);
     }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ThrowStatementError(env, s->db.get(), msg, rc);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+      return ThrowStatementError(env, s->db.get(), msg, rc);
     if (mode == kModeGet && out == nullptr) napi_get_undefined(env, &out);
     if (mode == kModeRun) {
       napi_value v;
@@ -275,7 +275,8 @@ napi_value StepAsync(napi_env env, napi_callback_info info) {
     Stmt* s = c.s;
     const int mode = IntArg(env, c.argv[0]);
     if (!s->db->Open() || s->st == nullptr || s->db->st->exiting) return ThrowType(env, kNotOpen);
-    if (s->iter) return ThrowType(env, "This statement is busy executing a query: an iterator of it is open");
+    if (s->iter)
+      return ThrowType(env, "This statement is busy executing a query: an iterator of it is open");
     if (mode != kModeRun && !s->reader) {
       return ThrowType(env, "This statement does not return data. Use runAsync() instead");
     }
@@ -323,8 +324,9 @@ napi_value IterNext(napi_env env, napi_callback_info info) {
     if (!s->db->Open() || s->st == nullptr) return ThrowType(env, kNotOpen);
     if (s->stepping) return ThrowType(env, "This statement is busy executing a query");
     if (InUdfOf(s->db.get()) && s->db->sync_running > 0) {
-      return ThrowType(env, "iterator.next() was called from inside a user-defined function "
-                            "of its own database");
+      return ThrowType(env,
+                       "iterator.next() was called from inside a user-defined function "
+                       "of its own database");
     }
     const int flags = IntArg(env, c.argv[0]);
     sqlite3_stmt* st = s->st;
@@ -362,8 +364,10 @@ napi_value IterAsyncOpen(napi_env env, napi_callback_info info) {
   if (!GetCall(env, info, &c)) return nullptr;
   Stmt* s = c.s;
   if (!s->db->Open() || s->st == nullptr || s->db->st->exiting) return ThrowType(env, kNotOpen);
-  if (s->iter) return ThrowType(env, "This statement is busy executing a query: an iterator of it is open");
-  if (!s->reader) return ThrowType(env, "This statement does not return data. Use runAsync() instead");
+  if (s->iter)
+    return ThrowType(env, "This statement is busy executing a query: an iterator of it is open");
+  if (!s->reader)
+    return ThrowType(env, "This statement does not return data. Use runAsync() instead");
   if (!Params(env, s, c.argv[0], &s->iter_params)) return nullptr;
   s->iter = 2;
   return nullptr;
@@ -418,8 +422,10 @@ napi_value BindForGood(napi_env env, napi_callback_info info) {
   if (!GetCall(env, info, &c)) return nullptr;
   Stmt* s = c.s;
   if (!s->db->Open() || s->st == nullptr) return ThrowType(env, kNotOpen);
-  if (s->has_bound) return ThrowType(env, "The bind() method can only be invoked once per statement object");
-  if (s->iter || s->jobs || s->stepping) return ThrowType(env, "This statement is busy executing a query");
+  if (s->has_bound)
+    return ThrowType(env, "The bind() method can only be invoked once per statement object");
+  if (s->iter || s->jobs || s->stepping)
+    return ThrowType(env, "This statement is busy executing a query");
   if (!ResolveParams(env, s, c.argv[0], &s->bound)) return nullptr;
   s->has_bound = true;
   return nullptr;
@@ -443,8 +449,9 @@ napi_value Columns(napi_env env, napi_callback_info info) {
   if (!s->db->Open() || s->st == nullptr) return ThrowType(env, kNotOpen);
   if (!s->reader) return ThrowType(env, "This statement does not return data");
   if (s->db->running && g_api->in_callback(s->db->db)) {
-    return ThrowType(env, "columns() was called from inside a user-defined function of a query "
-                          "running on this statement's database");
+    return ThrowType(env,
+                     "columns() was called from inside a user-defined function of a query "
+                     "running on this statement's database");
   }
   ConnectionLock lock(s->db.get());
   const int n = sqlite3_column_count(s->st);
@@ -456,7 +463,8 @@ napi_value Columns(napi_env env, napi_callback_info info) {
     napi_set_named_property(env, o, "name", StrOrNull(env, sqlite3_column_name(s->st, k)));
     napi_set_named_property(env, o, "column", StrOrNull(env, sqlite3_column_origin_name(s->st, k)));
     napi_set_named_property(env, o, "table", StrOrNull(env, sqlite3_column_table_name(s->st, k)));
-    napi_set_named_property(env, o, "database", StrOrNull(env, sqlite3_column_database_name(s->st, k)));
+    napi_set_named_property(env, o, "database",
+                            StrOrNull(env, sqlite3_column_database_name(s->st, k)));
     napi_set_named_property(env, o, "type", StrOrNull(env, sqlite3_column_decltype(s->st, k)));
     napi_set_element(env, arr, static_cast<uint32_t>(k), o);
   }
@@ -503,8 +511,9 @@ napi_value New(napi_env env, napi_callback_info info) {
     }
     if (!d->Open()) return ThrowType(env, kNotOpen);
     if (d->running && g_api->in_callback(d->db)) {
-      return ThrowType(env, "prepare() was called from inside a user-defined function of a query "
-                            "running on the pool on this database; prepare it beforehand");
+      return ThrowType(env,
+                       "prepare() was called from inside a user-defined function of a query "
+                       "running on the pool on this database; prepare it beforehand");
     }
     auto s = std::make_shared<Stmt>();
     s->db = d;
@@ -515,13 +524,15 @@ napi_value New(napi_env env, napi_callback_info info) {
       ConnectionLock lock(d.get());
       rc = sqlite3_prepare_v3(d->db, sql.c_str(), static_cast<int>(sql.size()) + 1,
                               SQLITE_PREPARE_PERSISTENT, &s->st, &tail);
-      if (rc != SQLITE_OK) return ThrowSqlite(env, sqlite3_errmsg(d->db), sqlite3_extended_errcode(d->db));
+      if (rc != SQLITE_OK)
+        return ThrowSqlite(env, sqlite3_errmsg(d->db), sqlite3_extended_errcode(d->db));
     }
     if (s->st == nullptr) return ThrowRange(env, "The supplied SQL string contains no statements");
     while (tail && *tail && std::strchr(" \t\r\n;", *tail)) ++tail;
     if (tail && *tail) {
-      return ThrowRange(env, "The supplied SQL string contains more than one statement; use "
-                             "db.exec() for a script");
+      return ThrowRange(env,
+                        "The supplied SQL string contains more than one statement; use "
+                        "db.exec() for a script");
     }
     s->reader = sqlite3_column_count(s->st) > 0;
     auto* holder = new std::shared_ptr<Stmt>(s);
@@ -560,7 +571,8 @@ napi_value InitStatement(napi_env env, napi_value exports) {
       {"_iterClose", nullptr, IterClose, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"_iterAsyncOpen", nullptr, IterAsyncOpen, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"_fetch", nullptr, Fetch, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"_iterAsyncClose", nullptr, IterAsyncClose, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"_iterAsyncClose", nullptr, IterAsyncClose, nullptr, nullptr, nullptr, napi_default,
+       nullptr},
       {"_bind", nullptr, BindForGood, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"_columns", nullptr, Columns, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"busy", nullptr, nullptr, Busy, nullptr, nullptr, napi_default, nullptr},

@@ -17,8 +17,8 @@ struct FuncData {
   Db* db = nullptr;        // callbacks run only while the connection is open
   std::string name;
   bool safe_ints = false;
-  napi_ref fn = nullptr;       // scalar
-  napi_ref start = nullptr;    // aggregate: returns the initial accumulator
+  napi_ref fn = nullptr;     // scalar
+  napi_ref start = nullptr;  // aggregate: returns the initial accumulator
   napi_ref step = nullptr;
   napi_ref result = nullptr;   // optional
   napi_ref inverse = nullptr;  // window functions only
@@ -59,8 +59,8 @@ napi_value ArgToJs(napi_env env, safeconc_ctx* ctx, int i, bool safe_ints) {
     case SQLITE_BLOB: {
       const void* p = g_api->arg_blob(ctx, i);
       const int n = g_api->arg_bytes(ctx, i);
-      napi_create_buffer_copy(env, p && n > 0 ? static_cast<size_t>(n) : 0, p ? p : "",
-                              nullptr, &r);
+      napi_create_buffer_copy(env, p && n > 0 ? static_cast<size_t>(n) : 0, p ? p : "", nullptr,
+                              &r);
       break;
     }
     default:
@@ -73,8 +73,7 @@ void SetResult(napi_env env, safeconc_ctx* ctx, napi_value r, const std::string&
   Val v;
   std::string why;
   if (!ToVal(env, r, &v, &why)) {
-    g_api->result_error(ctx, ("User-defined function " + fname + "() returned " + why).c_str(),
-                        0);
+    g_api->result_error(ctx, ("User-defined function " + fname + "() returned " + why).c_str(), 0);
     return;
   }
   switch (v.type) {
@@ -247,12 +246,14 @@ napi_value Register(napi_env env, napi_callback_info info, bool aggregate) {
     const char* what = aggregate ? "db.aggregate()" : "db.function()";
     if (!d->Open()) return ThrowType(env, "The database connection is not open");
     if (InUdfOf(d)) {
-      return ThrowType(env, std::string(what) + " was called from inside a user-defined function "
-                                                "of this database; register it before the query");
+      return ThrowType(env, std::string(what) +
+                                " was called from inside a user-defined function "
+                                "of this database; register it before the query");
     }
     if (d->Busy()) {
-      return ThrowType(env, std::string(what) + ": the database is busy with async queries; "
-                                                "await them first");
+      return ThrowType(env, std::string(what) +
+                                ": the database is busy with async queries; "
+                                "await them first");
     }
     if (argc < (aggregate ? 8u : 5u)) return ThrowType(env, "bad arguments");
     auto f = std::make_unique<FuncData>();
@@ -278,14 +279,14 @@ napi_value Register(napi_env env, napi_callback_info info, bool aggregate) {
     d->st->funcs.insert(raw);
     int rc;
     if (!aggregate) {
-      rc = g_api->create_function(d->db, raw->name.c_str(), nArg, flags, d->st->owner, raw,
-                                  Scalar, DestroyFunc);
+      rc = g_api->create_function(d->db, raw->name.c_str(), nArg, flags, d->st->owner, raw, Scalar,
+                                  DestroyFunc);
     } else if (raw->inverse) {
       rc = g_api->create_window(d->db, raw->name.c_str(), nArg, flags, d->st->owner, raw, Step,
                                 Final, Value, Inverse, DestroyFunc);
     } else {
-      rc = g_api->create_aggregate(d->db, raw->name.c_str(), nArg, flags, d->st->owner, raw,
-                                   Step, Final, DestroyFunc);
+      rc = g_api->create_aggregate(d->db, raw->name.c_str(), nArg, flags, d->st->owner, raw, Step,
+                                   Final, DestroyFunc);
     }
     if (rc != SQLITE_OK) {
       const std::string msg = "cannot register " + raw->name + "(): " + g_api->errmsg();
