@@ -29,8 +29,9 @@
 //
 // Usage: bench_locks [--stats] [seconds-per-cell]   (default 1.0)
 // Focus a run with BENCH_JOURNAL=wal|delete, BENCH_WORK=0|200, BENCH_THREADS=4|16|64,
-// BENCH_PEER=stock|mutex|fifo|libsafeconc (skips the single-connection table); BENCH_NO_FIXED=1
-// skips the fixed-work table.
+// BENCH_PEER=stock|mutex|fifo|libsafeconc (skips the single-connection table and the extra
+// tables); BENCH_NO_FIXED=1 skips the fixed-work table, BENCH_NO_EXTRA=1 the deferred
+// read-then-write rows and the safeconc_fair_ms sweep.
 #include <sqlite3.h>
 #include <sys/resource.h>
 
@@ -105,6 +106,7 @@ class FifoLock {
 };
 
 struct Result {
+  long barges = -1, handoffs = -1, max_overtaken_us = -1;  // libsafeconc's coordinator
   double tps = 0;
   double p50_ms = 0, p99_ms = 0, max_ms = 0;
   long failures = 0;
@@ -146,8 +148,31 @@ long JsonInt(const std::string& json, const std::string& path) {
   return v;
 }
 
-// One transaction of a cell; false if it failed (rolled back).
+// The deferred read-then-write transaction (Django's default shape): BEGIN; read a counter;
+// insert; write the counter back. SQLite fails its first write at once while another
+// connection holds the write lock; the row compares those failures with stock's.
+bool ReadThenWrite(sqlite3* db) {
+  bool ok = sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK;
+  sqlite3_stmt* st = nullptr;
+  long n = -1;
+  if (ok && sqlite3_prepare_v2(db, "SELECT n FROM c", -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    n = static_cast<long>(sqlite3_column_int64(st, 0));
+  }
+  sqlite3_finalize(st);
+  ok = ok && n >= 0;
+  ok = ok && sqlite3_exec(db, "INSERT INTO t(v) VALUES(randomblob(100))", nullptr, nullptr,
+                          nullptr) == SQLITE_OK;
+  ok = ok && sqlite3_exec(db, ("UPDATE c SET n = " + std::to_string(n + 1)).c_str(), nullptr,
+                          nullptr, nullptr) == SQLITE_OK;
+  ok = ok && sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK;
+  if (!ok) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  return ok;
+}
+
+// One transaction of a cell; false if it failed (rolled back). work_us < 0: ReadThenWrite.
 bool Transaction(sqlite3* db, int work_us) {
+  if (work_us < 0) return ReadThenWrite(db);
   bool ok = sqlite3_exec(db, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES(randomblob(64))", nullptr,
                          nullptr, nullptr) == SQLITE_OK;
   if (ok && work_us > 0) Spin(work_us);
@@ -163,7 +188,9 @@ sqlite3* CreateCellDb(const std::string& uri, const char* journal) {
                   nullptr);
   sqlite3_exec(main, (std::string("PRAGMA journal_mode=") + journal).c_str(), nullptr, nullptr,
                nullptr);
-  sqlite3_exec(main, "PRAGMA synchronous=OFF; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+  sqlite3_exec(main,
+               "PRAGMA synchronous=OFF; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);"
+               "CREATE TABLE c(n INT); INSERT INTO c VALUES(0)",
                nullptr, nullptr, nullptr);
   return main;
 }
@@ -196,9 +223,11 @@ double FairBound(const char* journal, int conns, int work_us, double seconds) {
 }
 
 // per_thread > 0: fixed work (each thread commits that many transactions), else fixed time.
+// `fair_ms` >= 0: libsafeconc's safeconc_fair_ms for this cell (else the default).
 Result RunCell(Peer peer, const char* journal, int threads, int work_us, double seconds,
-               long per_thread = 0) {
-  const std::string uri = "file:" + CellPath() + (peer == Peer::kSafeconc ? "" : "?vfs=unix");
+               long per_thread = 0, int fair_ms = -1) {
+  std::string uri = "file:" + CellPath() + (peer == Peer::kSafeconc ? "" : "?vfs=unix");
+  if (peer == Peer::kSafeconc && fair_ms >= 0) uri += "?safeconc_fair_ms=" + std::to_string(fair_ms);
   sqlite3* main = CreateCellDb(uri, journal);
 
   std::mutex app_mutex;
@@ -260,6 +289,9 @@ Result RunCell(Peer peer, const char* journal, int threads, int work_us, double 
       const std::string json = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
       r.r2g_p50_us = JsonInt(json, "$.coordinator.release_to_grant_us.p50_us");
       r.r2g_p99_us = JsonInt(json, "$.coordinator.release_to_grant_us.p99_us");
+      r.barges = JsonInt(json, "$.coordinator.barges");
+      r.handoffs = JsonInt(json, "$.coordinator.handoffs");
+      r.max_overtaken_us = JsonInt(json, "$.coordinator.max_overtaken_wait_us");
       if (g_print_stats) std::printf("    stats: %s\n", json.c_str());
     }
     sqlite3_finalize(st);
@@ -410,6 +442,48 @@ int main(int argc, char** argv) {
       for (int threads : {16, 64}) {
         if (only_threads && std::atoi(only_threads) != threads) continue;
         RunRow(journal, threads, 0, seconds, total / threads, only_peer);
+      }
+    }
+  }
+  if (!std::getenv("BENCH_NO_EXTRA") && !only_peer) {
+    // Deferred read-then-write: the failures SQLite's deadlock avoidance causes, libsafeconc
+    // against stock in the same run (the promise: never more).
+    std::printf(
+        "\nDeferred read-then-write: BEGIN; SELECT n FROM c; INSERT; UPDATE c SET n=n+1; COMMIT,\n"
+        "16 threads x 200, busy_timeout(5000), default safeconc_txn (deferred)\n");
+    std::printf("  %-9s %-12s %9s %8s %9s %10s\n", "journal", "peer", "tx/s", "failed", "max ms",
+                "verdict");
+    for (const char* journal : {"wal", "delete"}) {
+      if (only_journal && std::string(only_journal) != journal) continue;
+      const Result stock = RunCell(Peer::kStock, journal, 16, -1, seconds, 200);
+      const Result lsc = RunCell(Peer::kSafeconc, journal, 16, -1, seconds, 200);
+      std::printf("  %-9s %-12s %9.0f %8ld %9.1f\n", JournalName(journal), "stock", stock.tps,
+                  stock.failures, stock.max_ms);
+      std::printf("  %-9s %-12s %9.0f %8ld %9.1f %10s\n", JournalName(journal), "libsafeconc",
+                  lsc.tps, lsc.failures, lsc.max_ms,
+                  lsc.failures <= stock.failures ? "<= stock" : "MORE");
+    }
+    // safeconc_fair_ms sweep: throughput against the tail. 0 = strict FIFO hand-off.
+    std::printf(
+        "\nsafeconc_fair_ms sweep (BEGIN IMMEDIATE; INSERT; COMMIT, work 0 us, %.1f s per cell;\n"
+        "the knob is whole milliseconds); 'vs mutex' against the app mutex in the same row group\n",
+        seconds);
+    std::printf("  %-9s %7s %7s %9s %8s %9s %9s %8s %8s %12s\n", "journal", "threads", "fair_ms",
+                "tx/s", "p99 ms", "max ms", "vs mutex", "barges", "handoffs", "max overtaken");
+    for (const char* journal : {"wal", "delete"}) {
+      if (only_journal && std::string(only_journal) != journal) continue;
+      for (int threads : {16, 64}) {
+        if (only_threads && std::atoi(only_threads) != threads) continue;
+        const Result mutex = RunCell(Peer::kMutex, journal, threads, 0, seconds);
+        std::printf("  %-9s %7d %7s %9.0f %8.2f %9.1f\n", JournalName(journal), threads, "mutex",
+                    mutex.tps, mutex.p99_ms, mutex.max_ms);
+        for (int fair : {0, 1, 2, 5}) {
+          const Result r = RunCell(Peer::kSafeconc, journal, threads, 0, seconds, 0, fair);
+          std::printf("  %-9s %7d %7d %9.0f %8.2f %9.1f %8.2fx %8ld %8ld %9.1f ms\n",
+                      JournalName(journal), threads, fair, r.tps, r.p99_ms, r.max_ms,
+                      r.tps / std::max(1.0, mutex.tps), r.barges, r.handoffs,
+                      static_cast<double>(r.max_overtaken_us) / 1000.0);
+        }
       }
     }
   }

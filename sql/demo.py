@@ -71,10 +71,12 @@ def main():
                 print(row("libsafeconc", safe[mode, shape]))
                 s = stats[mode, shape]
                 print("  libsafeconc coordinator: %d write turns, %d waited (p99 %d us), "
-                      "release->grant p50 %d us, max queue %d, overtakes %d, timeouts %d\n" % (
+                      "release->grant p50 %d us, max queue %d, barges %d (longest overtaken "
+                      "wait %.1f ms), hand-offs %d, timeouts %d\n" % (
                           s["acquisitions"], s["waits"], s["wait_us"]["p99_us"],
                           s["release_to_grant_us"]["p50_us"], s["max_queue_depth"],
-                          s["overtakes"], s["timeouts"]))
+                          s["barges"], s["max_overtaken_wait_us"] / 1000.0, s["handoffs"],
+                          s["timeouts"]))
         failed = sum(r["failed"] for r in safe.values())
         print("libsafeconc %s: %s" % (version, "no request failed" if failed == 0 else
                                       "%d requests failed" % failed))
