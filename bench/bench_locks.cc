@@ -227,7 +227,8 @@ double FairBound(const char* journal, int conns, int work_us, double seconds) {
 Result RunCell(Peer peer, const char* journal, int threads, int work_us, double seconds,
                long per_thread = 0, int fair_ms = -1) {
   std::string uri = "file:" + CellPath() + (peer == Peer::kSafeconc ? "" : "?vfs=unix");
-  if (peer == Peer::kSafeconc && fair_ms >= 0) uri += "?safeconc_fair_ms=" + std::to_string(fair_ms);
+  if (peer == Peer::kSafeconc && fair_ms >= 0)
+    uri += "?safeconc_fair_ms=" + std::to_string(fair_ms);
   sqlite3* main = CreateCellDb(uri, journal);
 
   std::mutex app_mutex;

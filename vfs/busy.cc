@@ -167,8 +167,8 @@ int BusyHandler(void* arg, int count) {
         ClearRefusal(p);
         return 0;
       }
-      BackoffSleep(c, std::min<Clock::duration>(timing::PollStep(r.polls++),
-                                                r.deadline - Clock::now()));
+      BackoffSleep(
+          c, std::min<Clock::duration>(timing::PollStep(r.polls++), r.deadline - Clock::now()));
       return 1;
     case BusyKind::kFinal:
       break;

@@ -122,7 +122,8 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
     if (ask == Ask::kUpgrade && now - f->arrived >= f->fair) {
       ++stats_.upgrade_barges;
     } else {
-      stats_.max_overtaken_wait_us = std::max(stats_.max_overtaken_wait_us, Micros(now - f->arrived));
+      stats_.max_overtaken_wait_us =
+          std::max(stats_.max_overtaken_wait_us, Micros(now - f->arrived));
     }
   }
   if (reserved_ == t) {
@@ -507,7 +508,8 @@ void Coordinator::WriteJson(JsonWriter& w) {
     w.BeginObject()
         .Field("handle", static_cast<int64_t>(holder_->handle))
         .Field("thread", static_cast<int64_t>(holder_tid_))
-        .Field("last_thread", static_cast<int64_t>(holder_->last_tid.load(std::memory_order_relaxed)))
+        .Field("last_thread",
+               static_cast<int64_t>(holder_->last_tid.load(std::memory_order_relaxed)))
         .Field("held_ms", Micros(now - holder_since_) / 1000)
         .EndObject();
   }

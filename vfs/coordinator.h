@@ -74,12 +74,12 @@ struct Ticket {
   Ticket* prev = nullptr;  // queue links
   Ticket* next = nullptr;
   bool queued = false;
-  bool open = true;                  // false once the file closed
-  int parked = 0;                    // threads of this handle waiting on cv right now (0 or 1)
-  Clock::time_point arrived;         // when the current request first queued
-  Clock::time_point seen;            // when its owner last waited here (kStaleTicket)
-  Clock::duration fair{};            // its connection's safeconc_fair_ms
-  Ticket* rprev = nullptr;           // reader links (rollback SHARED holders)
+  bool open = true;           // false once the file closed
+  int parked = 0;             // threads of this handle waiting on cv right now (0 or 1)
+  Clock::time_point arrived;  // when the current request first queued
+  Clock::time_point seen;     // when its owner last waited here (kStaleTicket)
+  Clock::duration fair{};     // its connection's safeconc_fair_ms
+  Ticket* rprev = nullptr;    // reader links (rollback SHARED holders)
   Ticket* rnext = nullptr;
   bool reading = false;
   Clock::time_point read_since;
@@ -244,18 +244,18 @@ class Coordinator {
     Histogram wait_us;              // first refusal -> grant
     Histogram release_to_grant_us;  // release -> grant of a woken waiter
     uint64_t timeouts = 0;
-    uint64_t fast_failed = 0;         // refused where SQLite does not retry (upgrades)
-    uint64_t barges = 0;              // grants ahead of a live waiter
-    uint64_t upgrade_barges = 0;      // of which upgrades past a waiter at its bound
+    uint64_t fast_failed = 0;           // refused where SQLite does not retry (upgrades)
+    uint64_t barges = 0;                // grants ahead of a live waiter
+    uint64_t upgrade_barges = 0;        // of which upgrades past a waiter at its bound
     int64_t max_overtaken_wait_us = 0;  // longest wait of a waiter at a barge (not upgrades)
-    uint64_t handoffs = 0;            // grants of a reserved turn
-    uint64_t claim_lapsed = 0;        // reservations that lapsed unclaimed
-    uint64_t turn_skipped = 0;        // lock periods that went on without the turn
-    uint64_t busy_returns = 0;        // SQLITE_BUSY returned at once (unsafe wait points)
-    uint64_t cross_process_busy = 0;  // base lock refused: another process
-    uint64_t handlers_installed = 0;  // busy handlers enforced on connections without one
-    uint64_t in_lock_waits = 0;       // waits inside a lock call (safe points)
-    uint64_t revoked = 0;             // pre-read turns revoked after a failed read start
+    uint64_t handoffs = 0;              // grants of a reserved turn
+    uint64_t claim_lapsed = 0;          // reservations that lapsed unclaimed
+    uint64_t turn_skipped = 0;          // lock periods that went on without the turn
+    uint64_t busy_returns = 0;          // SQLITE_BUSY returned at once (unsafe wait points)
+    uint64_t cross_process_busy = 0;    // base lock refused: another process
+    uint64_t handlers_installed = 0;    // busy handlers enforced on connections without one
+    uint64_t in_lock_waits = 0;         // waits inside a lock call (safe points)
+    uint64_t revoked = 0;               // pre-read turns revoked after a failed read start
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;
   } stats_ SC_GUARDED_BY(mu_);

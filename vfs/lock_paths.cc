@@ -303,8 +303,7 @@ void MaybeEndWalPeriod(ShimFile* p) {
 template <typename Attempt>
 int BaseForTurnHolder(Attempt attempt) {
   int rc = attempt();
-  for (auto d = timing::kBaseRetryFirst; rc == SQLITE_BUSY && d <= timing::kBaseRetryLast;
-       d *= 2) {
+  for (auto d = timing::kBaseRetryFirst; rc == SQLITE_BUSY && d <= timing::kBaseRetryLast; d *= 2) {
     std::this_thread::sleep_for(d);
     rc = attempt();
   }

@@ -57,15 +57,15 @@ void EnsureBusyHandler(ShimFile* p);
 // handler's own accounting of the delays it asked for stays true.
 struct InLockWait {
   Coordinator* coord;
-  Ticket* turn;                 // waiting for the write turn (t is queued); null: for a release
-  bool (*attempt)(void* ctx);   // tries the request once; true once it succeeded
+  Ticket* turn;                // waiting for the write turn (t is queued); null: for a release
+  bool (*attempt)(void* ctx);  // tries the request once; true once it succeeded
   void* ctx;
-  uint64_t generation = 0;      // Coordinator::Generation() before the last failed try
-  bool one_at_a_time = false;   // a reader refused by a writer: woken one per release
-  bool succeeded = false;       // an attempt inside the handler's sleep succeeded
-  bool reached_ours = false;    // the handler that ran is safeconc's own
-  bool slept = false;           // the handler slept through the VFS xSleep
-  bool gave_up = false;         // the binding's handler (seen before) returned 0 at once
+  uint64_t generation = 0;     // Coordinator::Generation() before the last failed try
+  bool one_at_a_time = false;  // a reader refused by a writer: woken one per release
+  bool succeeded = false;      // an attempt inside the handler's sleep succeeded
+  bool reached_ours = false;   // the handler that ran is safeconc's own
+  bool slept = false;          // the handler slept through the VFS xSleep
+  bool gave_up = false;        // the binding's handler (seen before) returned 0 at once
 };
 // Runs p's busy handler once for `w`. Returns what the handler said (non-zero: retry).
 // Afterwards w's flags tell what happened. A handler that returns 0 without sleeping through the

@@ -61,9 +61,8 @@ std::string Message(Outcome why, const char* what, int64_t waited_ms, const Bloc
   }
   std::string m = "gave up after " + std::to_string(waited_ms) + " ms waiting for " + what;
   if (b.held) {
-    m += "; the write turn is held by handle " + std::to_string(b.holder_handle) +
-         " on thread " + std::to_string(b.holder_last_tid) + " for " +
-         std::to_string(b.held_ms) + " ms";
+    m += "; the write turn is held by handle " + std::to_string(b.holder_handle) + " on thread " +
+         std::to_string(b.holder_last_tid) + " for " + std::to_string(b.held_ms) + " ms";
     if (b.holder_last_tid == CurrentThreadId()) {
       m += " (last used on this thread: if only this thread will finish that transaction, "
            "it cannot while this one waits)";
