@@ -29,6 +29,7 @@ int ConnectionInit(sqlite3* db, char** err, const sqlite3_api_routines* /*api*/)
   // sets a handler still waits (up to safeconc_timeout), woken on release. A binding that
   // sets its own timeout later replaces this handler and keeps its timeout; one that clears
   // it gets this handler back at its first refused lock (see vfs/busy.cc).
+  ForgetConnection(db);
   if (ShimFileOf(db) != nullptr) sqlite3_busy_handler(db, BusyHandler, db);
   return SQLITE_OK;
 }

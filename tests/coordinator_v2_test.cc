@@ -269,10 +269,11 @@ TEST_P(CoordinatorV2ReadThenWrite, FailsNoMoreOftenThanStock) {
       "[ read-then-write %s, %d x %d x %d rounds ] failures: stock %d, safeconc %d of %d "
       "(per round stock/safeconc:%s)\n",
       journal, threads, per, rounds, stock, ours, total, rounds_text.c_str());
-  // Tolerance: 1.2x stock for what is left of stock's variance over three rounds, plus 2% of
-  // all transactions for the runs where stock happens to fail very little. The bug this
-  // catches failed 3.5x as often as stock.
-  EXPECT_LE(ours, stock * 1.2 + total / 50)
+  // Tolerance: 1.5x stock plus 5% of all transactions. Both peers' failure counts swing by
+  // several times from round to round in rollback mode (seen: stock 5 to 541 of 800 in one
+  // run), and three rounds leave much of that; the bug this catches failed 3.5x as often as
+  // stock (2000+ of 2400 against 350-880).
+  EXPECT_LE(ours, stock * 1.5 + total / 20)
       << "safeconc failed " << ours << " of " << total << ", stock " << stock;
 }
 

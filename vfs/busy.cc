@@ -11,6 +11,7 @@
 SQLITE_EXTENSION_INIT3
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "vfs/locking.h"
 #include "vfs/shim.h"
@@ -25,6 +26,26 @@ thread_local bool t_probe_slept = false;
 thread_local bool t_probe_ours = false;
 // Set while RunHandlerInLock runs the connection's handler inside a lock call.
 thread_local InLockWait* t_in_lock = nullptr;
+
+// Connections whose binding's own busy handler was seen (by any of their database files: the
+// handler belongs to the connection). A handler that gave up earlier in the same statement
+// answers 0 without running, exactly as "no handler" does; knowing it was seen keeps
+// safeconc's handler from replacing it then. Entries are dropped when a new connection opens
+// at the same address (ForgetConnection). Mutex rules: g_seen_mu guards g_binding_seen; a leaf.
+Mutex g_seen_mu;
+std::unordered_set<sqlite3*>* g_binding_seen SC_GUARDED_BY(g_seen_mu) = nullptr;
+
+void NoteBindingHandler(sqlite3* db) {
+  if (db == nullptr) return;
+  MutexLock l(&g_seen_mu);
+  if (g_binding_seen == nullptr) g_binding_seen = new std::unordered_set<sqlite3*>();
+  g_binding_seen->insert(db);
+}
+
+bool BindingHandlerSeen(sqlite3* db) {
+  MutexLock l(&g_seen_mu);
+  return g_binding_seen != nullptr && g_binding_seen->count(db) != 0;
+}
 
 // Sleeps up to `d`, waking early if anything is released in p's database.
 void BackoffSleep(Coordinator& c, Clock::duration d) {
@@ -58,9 +79,18 @@ bool SleepTryingInLock(InLockWait* w, Clock::time_point until) {
 
 }  // namespace
 
+void ForgetConnection(sqlite3* db) {
+  MutexLock l(&g_seen_mu);
+  if (g_binding_seen != nullptr) g_binding_seen->erase(db);
+}
+
 void EnsureBusyHandler(ShimFile* p) {
   sqlite3* db = Caller(p);
   if (db == nullptr || p->busy_fn == nullptr || p->handler == ShimFile::Handler::kBinding) {
+    return;
+  }
+  if (BindingHandlerSeen(db)) {
+    p->handler = ShimFile::Handler::kBinding;
     return;
   }
   // SQLite hands every VFS its wrapper around the connection's handler
@@ -78,11 +108,16 @@ void EnsureBusyHandler(ShimFile* p) {
     p->handler = ShimFile::Handler::kOurs;
   } else if (r != 0 || t_probe_slept) {
     p->handler = ShimFile::Handler::kBinding;
+    NoteBindingHandler(db);
   } else {
     sqlite3_busy_handler(db, BusyHandler, db);
     p->handler = ShimFile::Handler::kOurs;
     p->ticket->coord->CountHandlerInstalled();
   }
+}
+
+void LeaveInLockMode() {
+  if (t_in_lock != nullptr) t_in_lock = nullptr;  // restored by RunHandlerInLock's caller frame
 }
 
 int RunHandlerInLock(ShimFile* p, InLockWait* w) {
@@ -95,7 +130,9 @@ int RunHandlerInLock(ShimFile* p, InLockWait* w) {
     p->handler = ShimFile::Handler::kOurs;
   } else if (again != 0 || w->slept) {
     p->handler = ShimFile::Handler::kBinding;
-  } else if (p->handler == ShimFile::Handler::kBinding) {
+    NoteBindingHandler(Caller(p));
+  } else if (p->handler == ShimFile::Handler::kBinding ||
+             (Caller(p) != nullptr && BindingHandlerSeen(Caller(p)))) {
     // The binding's handler, seen before, gave up without sleeping (its timeout is used up).
     w->gave_up = true;
   } else if (sqlite3* db = Caller(p)) {
@@ -113,7 +150,7 @@ int BusyHandler(void* arg, int count) {
     t_probe_ours = true;
     return 1;
   }
-  if (t_in_lock != nullptr) {
+  if (t_in_lock != nullptr && (t_in_lock->db == nullptr || t_in_lock->db == arg)) {
     // Run by a lock path's in-lock wait: that wait goes on by safeconc_timeout itself.
     t_in_lock->reached_ours = true;
     return 1;
@@ -126,7 +163,8 @@ int BusyHandler(void* arg, int count) {
   // whichever connection of the cache was refused, on this thread, right after the refusal
   // (microseconds; a later handler call on this thread is another connection's episode).
   const bool mine = r.db == static_cast<sqlite3*>(arg) ||
-                    (r.db == nullptr && Clock::now() - r.refused_at < timing::kFinalSleepWindow);
+                    (r.db == nullptr && r.kind == BusyKind::kTurn &&
+                     Clock::now() - r.refused_at < timing::kFinalSleepWindow);
   if (r.ticket == nullptr || !r.armed || !mine || r.file == nullptr) {
     // Refused by something that left no armed record (wal.c reporting a busy read, a lock a
     // checkpoint holds): behave like a plain busy timeout with short sleeps. SQLite's count
@@ -161,7 +199,7 @@ int BusyHandler(void* arg, int count) {
       return 0;
     case BusyKind::kCross:
       if (Clock::now() >= r.deadline) {
-        c.Cancel(r.ticket.get(), Coordinator::CancelWhy::kTimeout);
+        c.Cancel(r.ticket.get(), Coordinator::CancelWhy::kGaveUp);
         c.CountTimeout();
         RecordFailure(p, p->pending.lock, Outcome::kTimeout, "a lock held by another process");
         ClearRefusal(p);
@@ -192,7 +230,8 @@ int SleepHook(sqlite3_vfs* base, int micros) {
     return micros;
   }
   BusyRecord& r = ThreadBusyRecord();
-  if (r.ticket != nullptr && r.armed && r.kind == BusyKind::kTurn) {
+  if (r.ticket != nullptr && r.armed && r.kind == BusyKind::kTurn &&
+      Clock::now() - r.refused_at < timing::kStaleTicket) {
     // The binding's handler (SQLite's default one) sleeps after our refusal. It counts the
     // delays it asked for, so return early only when the turn may be this waiter's.
     std::shared_ptr<Ticket> t = r.ticket;

@@ -128,8 +128,10 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
   }
   if (reserved_ == t) {
     ++stats_.handoffs;
-    reserved_ = nullptr;
   }
+  // A reservation for another waiter (an upgrade took the free turn) ends here too: this
+  // turn's release reserves again for whoever is then at the front.
+  reserved_ = nullptr;
   if (t->queued) {
     ++stats_.waits;
     stats_.wait_us.Add(static_cast<uint64_t>(Micros(now - t->arrived)));
@@ -148,9 +150,24 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
 
 void Coordinator::OnFreeLocked(Clock::time_point now) {
   released_at_ = now;
+  ++stats_.releases;
+  if (reserved_ != nullptr && reserved_->parked == 0 && now >= reserved_until_) {
+    ++stats_.claim_lapsed;  // a reservation nobody came back for: gone with this release
+    reserved_ = nullptr;
+  }
+  if (reserved_ != nullptr) {
+    // Still reserved for a waiter on its way back: it claims the turn; the first parked
+    // waiter must time its sleep to the reservation's end in case it never comes.
+    if (reserved_->parked > 0) {
+      reserved_->cv.Signal();
+    } else if (Ticket* next = FirstParkedLocked(nullptr)) {
+      next->cv.Signal();
+    }
+    return;
+  }
   Ticket* f = FrontLocked();
   if (f == nullptr) return;
-  if (now - f->arrived >= f->fair && reserved_ == nullptr) {
+  if (now - f->arrived >= f->fair) {
     reserved_ = f;
     reserved_until_ = now + timing::kClaimLease;
   }
@@ -159,13 +176,23 @@ void Coordinator::OnFreeLocked(Clock::time_point now) {
   f->cv.Signal();
 }
 
+Ticket* Coordinator::FirstParkedLocked(Ticket* except) const {
+  for (Ticket* u = head_; u != nullptr; u = u->next) {
+    if (u->parked > 0 && u != except) return u;
+  }
+  return nullptr;
+}
+
 Clock::time_point Coordinator::WakeLocked(Ticket* t, Clock::time_point until,
                                           Clock::time_point now) const {
   // A release wakes the front waiter; everything else that can free the turn is a lapse of
   // time (a reservation not claimed, a pre-read turn revoked), which no one signals: a waiter
   // never sleeps past the end of a reservation for another, nor longer than kPreReadLease.
   Clock::time_point wake = std::min(until, now + timing::kPreReadLease);
-  if (reserved_ != nullptr && reserved_ != t) wake = std::min(wake, reserved_until_);
+  if (reserved_ != nullptr && reserved_ != t && reserved_->parked == 0 && reserved_until_ > now &&
+      holder_ == nullptr) {
+    wake = std::min(wake, reserved_until_);
+  }
   return wake;
 }
 
@@ -293,6 +320,11 @@ void Coordinator::YieldTurnKeepPlace(Ticket* t) {
 Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
+  // A ticket whose owner stopped waiting long ago (its binding's handler gave up) is not
+  // revived by an unrelated sleep on the same thread.
+  if (t->queued && t->parked == 0 && now - t->seen > timing::kStaleTicket) {
+    return TurnWait::kNotQueued;
+  }
   for (;;) {
     RevokeStaleLocked(now);
     if (!t->queued) return TurnWait::kNotQueued;
@@ -301,7 +333,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
       // t leaves to claim the turn through SQLite's retry. If it is reserved for t, the next
       // waiter must time its sleep to the reservation's end in case t never comes back.
       if (reserved_ == t) {
-        if (Ticket* next = FrontLocked()) next->cv.Signal();
+        if (Ticket* next = FirstParkedLocked(t)) next->cv.Signal();
       }
       return TurnWait::kReady;
     }
@@ -477,8 +509,12 @@ RestState Coordinator::Rest() {
 void Coordinator::WriteJson(JsonWriter& w) {
   MutexLock l(&mu_);
   const Clock::time_point now = Clock::now();
+  int64_t walked = 0, walked_readers = 0;
+  for (Ticket* u = head_; u != nullptr; u = u->next) ++walked;
+  for (Ticket* u = readers_; u != nullptr; u = u->rnext) ++walked_readers;
   w.BeginObject()
       .Field("acquisitions", static_cast<int64_t>(stats_.acquisitions))
+      .Field("releases", static_cast<int64_t>(stats_.releases))
       .Field("waits", static_cast<int64_t>(stats_.waits))
       .Key("wait_us");
   stats_.wait_us.WriteJson(w);
@@ -501,6 +537,17 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("queue_depth", queue_len_)
       .Field("max_queue_depth", stats_.max_queue)
       .Field("readers", reader_count_)
+      .Key("debug")
+      .BeginObject()
+      .Key("held")
+      .Bool(holder_ != nullptr)
+      .Key("reserved")
+      .Bool(reserved_ != nullptr)
+      .Field("queue_walked", walked)
+      .Field("parked", parked_)
+      .Field("readers_walked", walked_readers)
+      .Field("change_waiters", static_cast<int64_t>(change_waiters_ + one_waiters_))
+      .EndObject()
       .Key("write_turn");
   if (holder_ == nullptr) {
     w.Null();

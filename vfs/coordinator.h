@@ -188,6 +188,8 @@ class Coordinator {
  private:
   // The first live ticket in line (parked, or on its way to claim a turn reserved for it).
   Ticket* FrontLocked() const SC_REQUIRES(mu_);
+  // The first ticket in line with a thread parked on it, other than `except`.
+  Ticket* FirstParkedLocked(Ticket* except) const SC_REQUIRES(mu_);
   // The first live ticket in line ahead of t (the whole line if t is not in it), or null.
   Ticket* LiveAheadOfLocked(Ticket* t) const SC_REQUIRES(mu_);
   // May t take the turn now? Drops a lapsed reservation on the way.
@@ -240,6 +242,7 @@ class Coordinator {
 
   struct Stats {
     uint64_t acquisitions = 0;      // turns granted
+    uint64_t releases = 0;          // turns given back (or revoked, or freed by a close)
     uint64_t waits = 0;             // grants that had to wait
     Histogram wait_us;              // first refusal -> grant
     Histogram release_to_grant_us;  // release -> grant of a woken waiter

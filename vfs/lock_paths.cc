@@ -169,7 +169,7 @@ bool WaitInLock(ShimFile* p, const char* lock, Ticket* turn, Attempt attempt, Pa
     if (attempt()) return true;
     if (use_handler) {
       auto thunk = [](void* ctx) { return (*static_cast<Attempt*>(ctx))(); };
-      InLockWait w{&c, turn, thunk, &attempt};
+      InLockWait w{&c, Caller(p), turn, thunk, &attempt};
       w.generation = gen;
       w.one_at_a_time = one_at_a_time;
       const int again = RunHandlerInLock(p, &w);
@@ -408,6 +408,7 @@ void NoteExclusiveResult(ShimFile* p, int rc) {
 }  // namespace
 
 int LockPathLock(ShimFile* p, int level) {
+  LeaveInLockMode();
   sqlite3_file* o = OrigFile(p);
   Coordinator& c = Coord(p);
   const uint64_t tid = CurrentThreadId();
@@ -473,6 +474,7 @@ int LockPathLock(ShimFile* p, int level) {
 }
 
 int LockPathUnlock(ShimFile* p, int level) {
+  LeaveInLockMode();
   sqlite3_file* o = OrigFile(p);
   Touch(p, CurrentThreadId());
   const int before = p->level;
@@ -495,6 +497,7 @@ int LockPathUnlock(ShimFile* p, int level) {
 }
 
 int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
+  LeaveInLockMode();
   sqlite3_file* o = OrigFile(p);
   Touch(p, CurrentThreadId());
   const bool lock = (flags & SQLITE_SHM_LOCK) != 0;
@@ -556,6 +559,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
 }
 
 void LockPathShmBarrier(ShimFile* p) {
+  LeaveInLockMode();
   // The first VFS call of a WAL read start (wal.c reads the WAL-index header around it). A
   // lock period that will write and finds the turn busy waits for it here, before reading the
   // header: a header that writers keep changing (or tear, when one is preempted mid-update)

@@ -47,6 +47,9 @@ int SleepHook(sqlite3_vfs* base, int micros);
 // and installs ours if there is none. Does nothing once the binding's own handler was seen,
 // or when the calling connection cannot be known (shared cache).
 void EnsureBusyHandler(ShimFile* p);
+// A connection opens (the auto-extension): forget what was known of the busy handler of a
+// closed connection that had the same address.
+void ForgetConnection(sqlite3* db);
 
 // A wait inside a lock call (a safe point) that follows the connection's busy policy. The
 // lock path tries its request; on a refusal it runs the connection's busy handler through
@@ -57,6 +60,7 @@ void EnsureBusyHandler(ShimFile* p);
 // handler's own accounting of the delays it asked for stays true.
 struct InLockWait {
   Coordinator* coord;
+  sqlite3* db;                 // the connection whose handler runs (null: unknown, shared cache)
   Ticket* turn;                // waiting for the write turn (t is queued); null: for a release
   bool (*attempt)(void* ctx);  // tries the request once; true once it succeeded
   void* ctx;
@@ -72,6 +76,11 @@ struct InLockWait {
 // VFS is indistinguishable from no handler, unless the binding's handler was seen on this
 // connection before (then it gave up); with none, safeconc's own is installed.
 int RunHandlerInLock(ShimFile* p, InLockWait* w);
+// Called at the start of every lock method: a lock call made while this thread runs a
+// connection's handler for an in-lock wait (the handler itself ran SQL) ends that in-lock
+// mode for the rest of the handler's run, so the nested connection's own waits and sleeps are
+// never taken for the outer wait's.
+void LeaveInLockMode();
 
 }  // namespace safeconc
 
