@@ -147,12 +147,38 @@ int ApiOwnerClose(safeconc_owner* h) {
   }
 }
 
+// task_run returns nothing (version 1 of the table), so a refusal is reported the way every
+// other refusal is: SQLITE_MISUSE through errmsg(), and sqlite3_log for a binding bug.
 void ApiTaskRun(safeconc_task* task) {
-  if (task == nullptr) return;
   try {
-    RunTask(task);
+    if (!Loaded()) {
+      Fail(SQLITE_MISUSE, kNotLoaded);
+      return;
+    }
+    Task* t = task ? TakeHandedOut(task) : nullptr;
+    if (t == nullptr) {
+      CountRefusedTaskRun();
+      Fail(SQLITE_MISUSE,
+           "task_run: refused: the task is unknown: it already ran, its dispatch hook refused "
+           "it, or it was never handed to a dispatch hook (run each task exactly once)");
+      sqlite3_log(SQLITE_MISUSE, "%s", t_errmsg.c_str());
+      return;
+    }
+    switch (RunTask(t)) {
+      case RunResult::kRan:
+        Ok();
+        break;
+      case RunResult::kSkipped:
+        Fail(SQLITE_MISUSE,
+             "task_run: the callback was not run: its call was already over (it timed out "
+             "after safeconc_call_timeout, or its owner was closed)");
+        break;
+      case RunResult::kWrongThread:
+        Fail(SQLITE_MISUSE, "task_run: called off the owner thread; the call was failed");
+        break;
+    }
   } catch (...) {
-    // RunTask allocates nothing; stay a C boundary regardless.
+    Fail(SQLITE_NOMEM, "task_run: out of memory");
   }
 }
 
@@ -332,41 +358,69 @@ void ApiResultDouble(safeconc_ctx* c, double v) {
   r->type = SQLITE_FLOAT;
   r->d = v;
 }
+// NULL data, negative and huge lengths are treated as SQLite's own sqlite3_result_* treat
+// them (checked against 3.40, built with SQLITE_ENABLE_API_ARMOR where the plain build's
+// behaviour is undefined): NULL data is an SQL NULL whatever the length; text with a negative
+// length runs to its first NUL; a negative blob length, and a text or blob longer than the
+// connection's SQLITE_LIMIT_LENGTH, fail with SQLITE_TOOBIG; a negative zeroblob size is 0.
+void TaskError(Task* t, int code, const char* msg) {
+  t->is_error = true;
+  t->error_code = code;
+  try {
+    t->error = msg;
+  } catch (...) {
+    t->error_code = SQLITE_NOMEM;
+  }
+}
 void ApiResultText(safeconc_ctx* c, const char* text, int bytes) {
   if (!c) return;
   if (text == nullptr) return ApiResultNull(c);
   const size_t n = bytes < 0 ? std::strlen(text) : static_cast<size_t>(bytes);
   if (!c->task) return sqlite3_result_text64(c->sctx, text, n, SQLITE_TRANSIENT, SQLITE_UTF8);
+  if (static_cast<int64_t>(n) > c->task->max_len)
+    return TaskError(c->task, SQLITE_TOOBIG, "string or blob too big");
   try {
     CopiedValue* r = Result(c);
     r->type = SQLITE_TEXT;
     r->bytes.assign(text, n);
   } catch (...) {
-    c->task->is_error = true;
-    c->task->error = "out of memory";
-    c->task->error_code = SQLITE_NOMEM;
+    TaskError(c->task, SQLITE_NOMEM, "out of memory");
   }
 }
 void ApiResultBlob(safeconc_ctx* c, const void* data, int bytes) {
   if (!c) return;
-  const size_t n = bytes < 0 ? 0 : static_cast<size_t>(bytes);
-  if (!c->task) return sqlite3_result_blob64(c->sctx, data ? data : "", n, SQLITE_TRANSIENT);
+  if (data == nullptr) return ApiResultNull(c);
+  if (bytes < 0) {
+    static const char kNegative[] = "result_blob: negative length";
+    if (!c->task) {
+      sqlite3_result_error(c->sctx, kNegative, -1);
+      sqlite3_result_error_code(c->sctx, SQLITE_TOOBIG);
+      return;
+    }
+    return TaskError(c->task, SQLITE_TOOBIG, kNegative);
+  }
+  const size_t n = static_cast<size_t>(bytes);
+  if (!c->task) return sqlite3_result_blob64(c->sctx, data, n, SQLITE_TRANSIENT);
+  if (static_cast<int64_t>(n) > c->task->max_len)
+    return TaskError(c->task, SQLITE_TOOBIG, "string or blob too big");
   try {
     CopiedValue* r = Result(c);
     r->type = SQLITE_BLOB;
-    r->bytes.assign(data ? static_cast<const char*>(data) : "", n);
+    r->bytes.assign(static_cast<const char*>(data), n);
   } catch (...) {
-    c->task->is_error = true;
-    c->task->error = "out of memory";
-    c->task->error_code = SQLITE_NOMEM;
+    TaskError(c->task, SQLITE_NOMEM, "out of memory");
   }
 }
 void ApiResultZeroblob(safeconc_ctx* c, int bytes) {
   if (!c) return;
-  if (!c->task) return sqlite3_result_zeroblob(c->sctx, bytes < 0 ? 0 : bytes);
+  const sqlite3_uint64 n = bytes < 0 ? 0 : static_cast<sqlite3_uint64>(bytes);
+  if (!c->task) {
+    sqlite3_result_zeroblob64(c->sctx, n);  // too big for the connection: SQLITE_TOOBIG
+    return;
+  }
   CopiedValue* r = Result(c);
   r->type = SQLITE_BLOB;
-  r->zeroblob = bytes < 0 ? 0 : bytes;
+  r->zeroblob = static_cast<int>(n);  // ApplyResult checks the limit on the worker
 }
 void ApiResultError(safeconc_ctx* c, const char* message, int code) {
   if (!c) return;

@@ -27,6 +27,17 @@ void VersionFunc(sqlite3_context* ctx, int, sqlite3_value**) {
   sqlite3_result_text(ctx, SAFECONC_VERSION, -1, SQLITE_STATIC);
 }
 
+// The "misuse" object: API misuse seen and refused since loading (docs/vfs.md).
+void WriteMisuseJson(JsonWriter& w) {
+  const uint64_t overlapping = OverlappingCalls(), task_runs = RefusedTaskRuns();
+  w.Key("misuse")
+      .BeginObject()
+      .Field("total", static_cast<int64_t>(overlapping + task_runs))
+      .Field("overlapping_calls", static_cast<int64_t>(overlapping))
+      .Field("task_run_refused", static_cast<int64_t>(task_runs))
+      .EndObject();
+}
+
 void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
   try {
     JsonWriter w;
@@ -34,6 +45,7 @@ void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
     WriteVfsJson(w);
     Registry::Get().WriteProcessJson(w);
     WriteUdfJson(w);
+    WriteMisuseJson(w);
     w.EndObject();
     ResultString(ctx, w.str());
   } catch (...) {

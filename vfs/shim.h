@@ -8,7 +8,9 @@
 //
 // Thread safety: SQLite never calls two methods of one sqlite3_file at once, so a ShimFile's
 // plain fields are owned by whichever thread is inside SQLite for that connection.
-// Fields read by other threads (knobs, counters) are atomics.
+// Fields read by other threads (knobs, counters) are atomics. A binding that breaks that rule
+// (a connection opened with SQLITE_OPEN_NOMUTEX used by two threads at once) is detected by
+// `call_owner` (shim_file.cc): counted, logged, and refused with SQLITE_MISUSE where it can be.
 #ifndef SAFECONC_VFS_SHIM_H
 #define SAFECONC_VFS_SHIM_H
 
@@ -63,6 +65,12 @@ struct ShimFile {
     Clock::time_point deadline;  // arrived + safeconc_timeout
   } pending;
   std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
+  // Misuse detection: the thread inside a method of this file (the address of a thread-local,
+  // 0 if none). Plain relaxed load/store, no read-modify-write: correct use is serialised by
+  // SQLite's own mutexes (connection or shared-cache btree), whose release/acquire orders one
+  // call's clearing store before the next call's load, so it never reports correct use; a
+  // real overlap is seen at the second call's entry or the first call's exit.
+  std::atomic<uintptr_t> call_owner{0};
 };
 
 static_assert(alignof(ShimFile) <= 8, "SQLite aligns sqlite3_file memory to 8 bytes only");
@@ -94,6 +102,9 @@ ShimFile* ShimFileOf(sqlite3* db, const char* schema = nullptr);
 // The connection's value of knob `k` for `schema`; the process default when the database
 // does not go through safeconc.
 int64_t ConnectionKnob(sqlite3* db, Knob k, const char* schema = nullptr);
+
+// Calls that overlapped another thread's call on the same file (misuse), since loading.
+uint64_t OverlappingCalls();
 
 // The VFS's own diagnostics: name, base, whether it is still the default.
 void WriteVfsJson(JsonWriter& w);
