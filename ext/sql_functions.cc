@@ -6,6 +6,7 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include <cstring>
 #include <string>
 
 #include "ext/internal.h"
@@ -56,18 +57,22 @@ void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
 void ConfigFunc(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   try {
     const char* name = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+    const size_t name_len = static_cast<size_t>(sqlite3_value_bytes(argv[0]));
     Knob k;
-    if (!KnobByName(name, &k)) {
-      const std::string msg = std::string("safeconc_config: unknown knob '") + (name ? name : "") +
-                              "': expected safeconc_timeout, safeconc_txn or safeconc_call_timeout";
+    // A name with a NUL inside ("safeconc_timeout\0junk") names no knob.
+    if (name == nullptr || std::strlen(name) != name_len || !KnobByName(name, &k)) {
+      const std::string msg = "safeconc_config: unknown knob '" +
+                              (name ? Echo(name, name_len) : std::string()) + "': expected " +
+                              KnobList();
       sqlite3_result_error(ctx, msg.c_str(), -1);
       return;
     }
     if (argc == 2) {
       const char* text = reinterpret_cast<const char*>(sqlite3_value_text(argv[1]));
+      const size_t len = static_cast<size_t>(sqlite3_value_bytes(argv[1]));
       int64_t v;
       std::string err;
-      if (!ParseKnob(k, text, &v, &err)) {
+      if (!ParseKnob(k, text, len, &v, &err)) {
         sqlite3_result_error(ctx, err.c_str(), -1);
         return;
       }

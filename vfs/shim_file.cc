@@ -202,7 +202,12 @@ int HandlePragma(ShimFile* p, char** az) {
     return SQLITE_OK;
   }
   Knob k;
-  if (!KnobByName(name, &k)) return SQLITE_NOTFOUND;
+  if (!KnobByName(name, &k)) {
+    if (!HasKnobPrefix(name)) return SQLITE_NOTFOUND;  // not ours: SQLite's or another VFS's
+    az[0] = sqlite3_mprintf("unknown pragma %s: the safeconc pragmas are %s and safeconc_stats",
+                            Echo(name).c_str(), KnobList().c_str());
+    return SQLITE_ERROR;
+  }
   if (arg != nullptr) {
     int64_t v;
     std::string err;
