@@ -6,6 +6,7 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include <dlfcn.h>
 #include <sys/eventfd.h>
 
 #include <cstdio>
@@ -15,8 +16,10 @@ SQLITE_EXTENSION_INIT3
 #include <set>
 #include <string>
 
+#include "ext/internal.h"
 #include "ext/trampoline.h"
 #include "vfs/coordinator.h"  // CurrentThreadId
+#include "vfs/shim.h"         // VfsOwnedByThisCopy
 
 namespace safeconc {
 namespace {
@@ -43,6 +46,18 @@ bool Loaded() {
 }
 const char* kNotLoaded =
     "the extension is not loaded: call sqlite3_load_extension(db, \"libsafeconc\", 0, &err) first";
+const char* kOtherCopy =
+    "another copy of libsafeconc (loaded from another path) owns the safeconc VFS and this "
+    "copy cannot reach its API table: get the table from that copy (see safeconc_stats() "
+    "and load one copy only)";
+
+// Why this copy's table cannot be used, or null. A copy that lost the VFS to another copy
+// hands out that copy's table (safeconc_api below); this is for when it cannot reach it.
+const char* NotUsable() {
+  if (!Loaded()) return kNotLoaded;
+  if (!VfsOwnedByThisCopy()) return kOtherCopy;
+  return nullptr;
+}
 
 // Every owner handle ever returned. Handles are never freed (a closed one stays a known,
 // closed handle, so a late call with it fails cleanly instead of touching freed memory);
@@ -57,7 +72,7 @@ std::atomic<uint64_t> g_next_owner{0};
 // Checks a handle; on success *impl is its owner.
 int CheckOwner(safeconc_owner* h, std::shared_ptr<Owner>* impl, bool need_owner_thread,
                const char* what) {
-  if (!Loaded()) return Fail(SQLITE_MISUSE, kNotLoaded);
+  if (const char* why = NotUsable()) return Fail(SQLITE_MISUSE, why);
   {
     std::lock_guard<std::mutex> l(g_owners_mu);
     if (h == nullptr || Owners().count(h) == 0) {
@@ -79,7 +94,7 @@ int OpenOwner(safeconc_dispatch_fn hook, void* hook_arg, bool fd_kind, safeconc_
   try {
     if (out == nullptr) return Fail(SQLITE_MISUSE, "owner_open: out is NULL");
     *out = nullptr;
-    if (!Loaded()) return Fail(SQLITE_MISUSE, kNotLoaded);
+    if (const char* why = NotUsable()) return Fail(SQLITE_MISUSE, why);
     if (!fd_kind && hook == nullptr) return Fail(SQLITE_MISUSE, "owner_open: hook is NULL");
     int fd = -1;
     if (fd_kind) {
@@ -151,8 +166,8 @@ int ApiOwnerClose(safeconc_owner* h) {
 // other refusal is: SQLITE_MISUSE through errmsg(), and sqlite3_log for a binding bug.
 void ApiTaskRun(safeconc_task* task) {
   try {
-    if (!Loaded()) {
-      Fail(SQLITE_MISUSE, kNotLoaded);
+    if (const char* why = NotUsable()) {
+      Fail(SQLITE_MISUSE, why);
       return;
     }
     Task* t = task ? TakeHandedOut(task) : nullptr;
@@ -487,6 +502,34 @@ const safeconc_api_v1 kApiV1 = {
 }  // namespace
 }  // namespace safeconc
 
-extern "C" __attribute__((visibility("default"))) const void* safeconc_api(int version) {
-  return version == 1 ? &safeconc::kApiV1 : nullptr;
+namespace safeconc {
+
+// The table of the copy of the library that owns the registered `safeconc` VFS. Two copies
+// loaded from different paths do not stack (the second defers to the first, shim_vfs.cc); a
+// binding that reaches the second copy's symbol must still get the table whose knobs, stats
+// and owners are the ones the VFS uses, so it gets the first copy's.
+const void* ApiTable(int version) {
+  if (Loaded() && !VfsOwnedByThisCopy()) {
+    if (sqlite3_vfs* v = VfsOfOtherCopy()) {
+      Dl_info other, self;
+      // Compared by object, not by &safeconc_api: SQLite loads extensions RTLD_GLOBAL, so this
+      // copy's own reference to its exported symbol binds to the first copy's definition.
+      if (dladdr(reinterpret_cast<void*>(v->xOpen), &other) != 0 && other.dli_fname != nullptr &&
+          dladdr(reinterpret_cast<void*>(&ApiTable), &self) != 0 &&
+          other.dli_fbase != self.dli_fbase) {
+        // RTLD_NOLOAD: only a copy that is loaded already (it registered the VFS); the handle's
+        // reference is dropped at once, the library stays (SQLITE_OK_LOAD_PERMANENTLY).
+        if (void* so = dlopen(other.dli_fname, RTLD_NOW | RTLD_NOLOAD)) {
+          using ApiFn = const void* (*)(int);
+          auto fn = reinterpret_cast<ApiFn>(dlsym(so, SAFECONC_API_SYMBOL));
+          dlclose(so);
+          if (fn != nullptr) return fn(version);
+        }
+      }
+    }
+    // Unreachable owner copy: this copy's table, whose calls fail with kOtherCopy.
+  }
+  return version == 1 ? &kApiV1 : nullptr;
 }
+
+}  // namespace safeconc

@@ -87,6 +87,9 @@ int RegisterVfs(std::string* err);
 // `safeconc` first and RegisterVfs deferred to it: this copy must then add nothing of its
 // own (its functions would read its own, empty registry and knob defaults).
 bool VfsOwnedByThisCopy();
+// The `safeconc` VFS registered by another copy of this library, or null if this copy owns it
+// (or nothing was loaded yet).
+sqlite3_vfs* VfsOfOtherCopy();
 
 // The io_methods table for a base file of the given iVersion (1..3).
 const sqlite3_io_methods* ShimMethods(int base_version);

@@ -208,6 +208,11 @@ bool VfsOwnedByThisCopy() {
   return g_active == &g_vfs;
 }
 
+sqlite3_vfs* VfsOfOtherCopy() {
+  MutexLock l(&g_register_mu);
+  return g_active != &g_vfs ? g_active : nullptr;
+}
+
 void WriteVfsJson(JsonWriter& w) {
   sqlite3_vfs* dflt = sqlite3_vfs_find(nullptr);
   sqlite3_vfs* mine = sqlite3_vfs_find(kVfsName);
