@@ -62,8 +62,11 @@ bool ParseKnob(Knob k, const char* text, int64_t* out, std::string* err) {
   return ParseKnob(k, text, text ? std::strlen(text) : 0, out, err);
 }
 
-bool ParseKnob(Knob k, const char* text, size_t len, int64_t* out, std::string* err) {
+bool ParseKnob(Knob k, const char* bytes, size_t len, int64_t* out, std::string* err) {
   bool ok = false;
+  // The parsers below read a C string: a copy, so `bytes` needs no terminating NUL.
+  const std::string copy = bytes ? std::string(bytes, len) : std::string();
+  const char* text = bytes ? copy.c_str() : nullptr;
   if (text != nullptr && std::memchr(text, '\0', len) != nullptr) {
     // An embedded NUL: whatever follows it would be silently dropped. Refuse.
   } else if (k == Knob::kTxn) {

@@ -91,6 +91,11 @@ bool VfsOwnedByThisCopy();
 // (or nothing was loaded yet).
 sqlite3_vfs* VfsOfOtherCopy();
 
+// Applies the URI knobs of database file name `name` (as SQLite hands it to xOpen) to
+// `knobs`. Returns false, and logs why through sqlite3_log, when a safeconc_ parameter names
+// no knob or has a bad value: the open must fail then.
+bool ApplyUriKnobs(const char* name, KnobSet* knobs);
+
 // The io_methods table for a base file of the given iVersion (1..3).
 const sqlite3_io_methods* ShimMethods(int base_version);
 

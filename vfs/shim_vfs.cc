@@ -30,6 +30,8 @@ sqlite3_vfs* BaseVfs(sqlite3_vfs* v) { return static_cast<sqlite3_vfs*>(v->pAppD
 // Applies the URI knobs of `name` to `knobs`. Every parameter that starts with "safeconc_" (in
 // any case) must name a knob (also in any case) and carry a valid value; anything else fails
 // the open and is logged, never ignored (a misspelt knob would silently keep its default).
+}  // namespace
+
 bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
   for (int i = 0;; ++i) {
     const char* key = sqlite3_uri_key(name, i);
@@ -55,6 +57,8 @@ bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
   }
   return true;
 }
+
+namespace {
 
 int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags, int* out_flags) {
   sqlite3_vfs* base = BaseVfs(vfs);
