@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -128,7 +129,9 @@ int FRead(sqlite3_file* f, void* buf, int n, sqlite3_int64 off) {
     std::unique_lock<std::mutex> l(g_gate_mu);
     if (g_gate_closed) {
       g_reads_held.fetch_add(1);
-      g_gate_cv.wait(l, [] { return !g_gate_closed; });
+      // Bounded (generously) so that a build without misuse detection, whose second call
+      // reaches the gate too, fails its test instead of hanging.
+      g_gate_cv.wait_for(l, std::chrono::seconds(5), [] { return !g_gate_closed; });
     }
   }
   if (const int e = Fault(kRead)) {

@@ -36,7 +36,7 @@ int64_t MaxCalls();
 int64_t Injected();
 
 // The read gate: while closed, an xRead of a main database file blocks (after counting itself
-// in ReadsHeld()) until the gate opens.
+// in ReadsHeld()) until the gate opens, or 5 s passed.
 void CloseReadGate();
 void OpenReadGate();
 int64_t ReadsHeld();
