@@ -375,7 +375,8 @@ void ApiResultDouble(safeconc_ctx* c, double v) {
 }
 // NULL data, negative and huge lengths are treated as SQLite's own sqlite3_result_* treat
 // them (checked against 3.40, built with SQLITE_ENABLE_API_ARMOR where the plain build's
-// behaviour is undefined): NULL data is an SQL NULL whatever the length; text with a negative
+// behaviour is undefined): NULL data is an SQL NULL whatever the length (but see result_blob
+// for (NULL, 0)); text with a negative
 // length runs to its first NUL; a negative blob length, and a text or blob longer than the
 // connection's SQLITE_LIMIT_LENGTH, fail with SQLITE_TOOBIG; a negative zeroblob size is 0.
 void TaskError(Task* t, int code, const char* msg) {
@@ -404,6 +405,10 @@ void ApiResultText(safeconc_ctx* c, const char* text, int bytes) {
 }
 void ApiResultBlob(safeconc_ctx* c, const void* data, int bytes) {
   if (!c) return;
+  // One deliberate difference: (NULL, 0) is an empty blob, not NULL. arg_blob() returns NULL
+  // for an empty blob (as sqlite3_value_blob does), and so may a binding's empty buffer;
+  // result_blob(arg_blob(i), arg_bytes(i)) must give X'' back, not turn it into NULL.
+  if (data == nullptr && bytes == 0) data = "";
   if (data == nullptr) return ApiResultNull(c);
   if (bytes < 0) {
     static const char kNegative[] = "result_blob: negative length";

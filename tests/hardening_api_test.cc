@@ -209,6 +209,9 @@ void Setter(safeconc_ctx* c) {
     case 14:
       a->result_arg(c, 99);
       break;  // NULL: no such argument
+    case 15:
+      a->result_blob(c, nullptr, 0);
+      break;  // X'': arg_blob() of X'' is NULL, and copying it back must keep it
     default:
       a->result_null(c);
       break;
@@ -233,6 +236,7 @@ const Expect kExpect[] = {
     {9, nullptr, SQLITE_TOOBIG},
     {10, nullptr, SQLITE_TOOBIG},
     {11, "X''", 0},
+    {15, "X''", 0},
     {12, "5", 0},
     {13, nullptr, SQLITE_ERROR},
     {14, "NULL", 0},
