@@ -9,10 +9,13 @@
 // C ABIs the extra parameters are just argument registers a one-argument caller leaves
 // unspecified, and they are read only when the first one cannot be a table version).
 //
-// A version is a small number; the loader's first argument is a heap pointer whose low 32 bits
-// are 8-aligned and, but for a 1 in 2^22 chance, above kMaxVersion. Such a call fails the load
-// (a non-zero int result) and, when pApi is provably SQLite's routine table (it lies in the
-// same loaded object as SQLite's own sqlite3_load_extension), says why through *pzErrMsg.
+// Telling the two calls apart. Version 1 is the table, whatever else is passed. Otherwise the
+// call is the loader's when the first argument is a pointer (above 4 GB: a binding's int
+// version arrives zero-extended to a 32-bit value; or an implausible version, negative or from
+// 1024 up) and the third is SQLite's routine table (it lies in the same loaded object as SQLite's
+// own sqlite3_load_extension). Only then is *pzErrMsg written. (A first version of this check
+// looked at the low 32 bits of the pointer alone; ASan's allocator hands out sqlite3 objects
+// whose low 32 bits are small numbers.)
 #include <dlfcn.h>
 #include <sqlite3ext.h>
 
@@ -21,8 +24,6 @@
 #include "ext/internal.h"
 
 namespace {
-
-constexpr int kMaxVersion = 1024;
 
 bool IsSqliteRoutineTable(const void* p) {
   void* load = dlsym(RTLD_DEFAULT, "sqlite3_load_extension");
@@ -34,10 +35,19 @@ bool IsSqliteRoutineTable(const void* p) {
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) const void* safeconc_api(
-    int version, char** pzErrMsg, const sqlite3_api_routines* pApi) {
-  if (version >= 0 && version < kMaxVersion) return safeconc::ApiTable(version);
-  // Called as an extension entry point.
-  if (pzErrMsg != nullptr && IsSqliteRoutineTable(pApi)) {
+    uintptr_t first, char** pzErrMsg, const sqlite3_api_routines* pApi) {
+  const int version = static_cast<int>(static_cast<uint32_t>(first));
+  if (version == 1) return safeconc::ApiTable(version);
+  // A heap pointer below 4 GB (a non-PIE program's brk heap) is not a plausible version either.
+  const bool pointer = first > 0xffffffffu || version < 0 || version >= 1024;
+  if (!pointer) return safeconc::ApiTable(version);
+  const bool sqlite_table = IsSqliteRoutineTable(pApi);
+  // Without SQLite's symbol to compare with (SQLite linked statically and not exported), a
+  // 64-bit first argument alone decides, and no message is written.
+  const bool loader = sqlite_table || (first > 0xffffffffu &&
+                                       dlsym(RTLD_DEFAULT, "sqlite3_load_extension") == nullptr);
+  if (!loader) return safeconc::ApiTable(version);  // a binding's odd version: NULL
+  if (sqlite_table && pzErrMsg != nullptr) {
     *pzErrMsg = pApi->mprintf(
         "safeconc_api is the C API table accessor of libsafeconc, not an entry point: load the "
         "library without naming one (.load ./build/libsafeconc), or name sqlite3_safeconc_init");
