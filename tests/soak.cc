@@ -4,6 +4,9 @@
 // are called) and worker churn (threads and their connections come and go). Prints a summary:
 // transactions, failures (must be 0), kills survived, leaks. Exit status 0 only if clean.
 //
+// For LeakSanitizer's verdict too: `make test-asan` once, then
+// `cmake --build build-asan --target soak && build-asan/tests/soak 60`.
+//
 //   soak [seconds]                 the run
 //   soak --child <db> <fd> <base>  a writer process (exec'd, so it inherits no locks)
 #include <dlfcn.h>
@@ -246,6 +249,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "soak: cannot load %s: %s\n", SAFECONC_SO_PATH, err ? err : "?");
     return 2;
   }
+  sqlite3_close(boot);  // the VFS and the library stay (SQLITE_OK_LOAD_PERMANENTLY)
   void* so = dlopen(SAFECONC_SO_PATH, RTLD_NOW | RTLD_NOLOAD);
   g_api = static_cast<const safeconc_api_v1*>(
       reinterpret_cast<safeconc_api_fn>(dlsym(so, SAFECONC_API_SYMBOL))(1));
