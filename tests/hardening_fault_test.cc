@@ -148,8 +148,14 @@ class Sweep : public ::testing::Test {
           << what << " " << paths_[d] << ": write-turn holder; " << json;
       sqlite3_finalize(st);
     }
+    // Process-wide: only the sentinels' files are open (plus this checker's own), no UDF task
+    // is in flight, only this test's owner is open.
     sctest::Db db(paths_[0]);
+    EXPECT_EQ(db.Int("SELECT json_extract(safeconc_stats(), '$.process.files_open')"),
+              static_cast<int64_t>(sentinels_.size()) + 1)
+        << what;
     EXPECT_EQ(db.Int("SELECT json_extract(safeconc_stats(), '$.udf.tasks_in_use')"), 0) << what;
+    EXPECT_EQ(db.Int("SELECT json_extract(safeconc_stats(), '$.udf.owners_open')"), 1) << what;
   }
 
   sctest::TempDir dir_;
