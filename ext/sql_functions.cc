@@ -15,6 +15,7 @@ SQLITE_EXTENSION_INIT3
 #include "vfs/json.h"
 #include "vfs/knobs.h"
 #include "vfs/locking.h"
+#include "vfs/misuse.h"
 #include "vfs/shim.h"
 
 namespace safeconc {

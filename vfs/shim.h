@@ -10,7 +10,7 @@
 // plain fields are owned by whichever thread is inside SQLite for that connection.
 // Fields read by other threads (knobs, counters) are atomics. A binding that breaks that rule
 // (a connection opened with SQLITE_OPEN_NOMUTEX used by two threads at once) is detected by
-// `call_owner` (shim_file.cc): counted, logged, and refused with SQLITE_MISUSE where it can be.
+// `call_owner` (vfs/misuse.h): counted, logged, and refused with SQLITE_MISUSE where it can be.
 #ifndef SAFECONC_VFS_SHIM_H
 #define SAFECONC_VFS_SHIM_H
 
@@ -110,9 +110,6 @@ ShimFile* ShimFileOf(sqlite3* db, const char* schema = nullptr);
 // The connection's value of knob `k` for `schema`; the process default when the database
 // does not go through safeconc.
 int64_t ConnectionKnob(sqlite3* db, Knob k, const char* schema = nullptr);
-
-// Calls that overlapped another thread's call on the same file (misuse), since loading.
-uint64_t OverlappingCalls();
 
 // The VFS's own diagnostics: name, base, whether it is still the default.
 void WriteVfsJson(JsonWriter& w);

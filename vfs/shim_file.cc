@@ -12,6 +12,7 @@ SQLITE_EXTENSION_INIT3
 #include <new>
 
 #include "vfs/locking.h"
+#include "vfs/misuse.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
@@ -20,86 +21,36 @@ namespace {
 ShimFile* Shim(sqlite3_file* f) { return reinterpret_cast<ShimFile*>(f); }
 sqlite3_file* Orig(sqlite3_file* f) { return OrigFile(Shim(f)); }
 
-// ---- Misuse detection: two threads inside calls on one file ---------------------------------
-// Stock SQLite segfaults, hangs or reports a malformed database when a NOMUTEX connection is
-// used by two threads at once; here the second call is refused (where a refusal is clean) and
-// the misuse is counted and logged. Cost: one thread-local address, one load and two stores per
-// call, no locked instruction (see ShimFile::call_owner).
-__attribute__((tls_model("initial-exec"))) thread_local char t_call_token;
-std::atomic<uint64_t> g_overlaps{0};  // relaxed: a count for diagnostics
-
-[[gnu::noinline, gnu::cold]] void ReportOverlap(ShimFile* p, const char* method, bool at_entry) {
-  g_overlaps.fetch_add(1, std::memory_order_relaxed);
-  sqlite3_log(SQLITE_MISUSE,
-              "safeconc: %s on %s: two threads inside calls on the same database file at once "
-              "(%s, thread %llu): a connection opened with SQLITE_OPEN_NOMUTEX, or in "
-              "SQLITE_CONFIG_MULTITHREAD mode, is used by two threads at once; use it from one "
-              "thread at a time or drop NOMUTEX",
-              method, p->path ? p->path : "?",
-              at_entry ? "refused: another thread is inside" : "seen when the call ended",
-              static_cast<unsigned long long>(CurrentThreadId()));
-}
-
-class CallGuard {
- public:
-  CallGuard(ShimFile* p, const char* method) : p_(p), method_(method) {
-    const uintptr_t cur = p->call_owner.load(std::memory_order_relaxed);
-    if (cur == Me()) {
-      nested_ = true;  // a method re-entered on this thread (busy handler, file control)
-    } else if (cur != 0) {
-      overlap_ = true;
-      ReportOverlap(p, method, true);
-    } else {
-      p->call_owner.store(Me(), std::memory_order_relaxed);
-    }
-  }
-  ~CallGuard() {
-    if (nested_ || overlap_) return;
-    if (p_->call_owner.load(std::memory_order_relaxed) != Me()) {
-      ReportOverlap(p_, method_, false);  // it entered while we were inside; it clears
-    } else {
-      p_->call_owner.store(0, std::memory_order_relaxed);
-    }
-  }
-  CallGuard(const CallGuard&) = delete;
-  CallGuard& operator=(const CallGuard&) = delete;
-  // Another thread is inside: a call that can fail cleanly returns SQLITE_MISUSE.
-  bool overlapping() const { return overlap_; }
-
- private:
-  static uintptr_t Me() { return reinterpret_cast<uintptr_t>(&t_call_token); }
-  ShimFile* const p_;
-  const char* const method_;
-  bool nested_ = false, overlap_ = false;
-};
+// Misuse detection (vfs/misuse.h): one guard per method call.
+CallGuard::Word& Owner(sqlite3_file* f) { return Shim(f)->call_owner; }
 
 // ---- Pass-through methods -----------------------------------------------------
 int ShimRead(sqlite3_file* f, void* buf, int n, sqlite3_int64 off) {
-  CallGuard g(Shim(f), "xRead");
+  CallGuard g(Owner(f), Shim(f)->path, "xRead");
   if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xRead(o, buf, n, off);
 }
 int ShimWrite(sqlite3_file* f, const void* buf, int n, sqlite3_int64 off) {
-  CallGuard g(Shim(f), "xWrite");
+  CallGuard g(Owner(f), Shim(f)->path, "xWrite");
   if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xWrite(o, buf, n, off);
 }
 int ShimTruncate(sqlite3_file* f, sqlite3_int64 size) {
-  CallGuard g(Shim(f), "xTruncate");
+  CallGuard g(Owner(f), Shim(f)->path, "xTruncate");
   if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xTruncate(o, size);
 }
 int ShimSync(sqlite3_file* f, int flags) {
-  CallGuard g(Shim(f), "xSync");
+  CallGuard g(Owner(f), Shim(f)->path, "xSync");
   if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xSync(o, flags);
 }
 int ShimFileSize(sqlite3_file* f, sqlite3_int64* size) {
-  CallGuard g(Shim(f), "xFileSize");
+  CallGuard g(Owner(f), Shim(f)->path, "xFileSize");
   if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xFileSize(o, size);
@@ -113,7 +64,7 @@ int ShimDeviceCharacteristics(sqlite3_file* f) {
   return o->pMethods->xDeviceCharacteristics(o);
 }
 int ShimShmMap(sqlite3_file* f, int pg, int pgsz, int extend, void volatile** pp) {
-  CallGuard g(Shim(f), "xShmMap");
+  CallGuard g(Owner(f), Shim(f)->path, "xShmMap");
   if (g.overlapping()) return SQLITE_MISUSE;
   Shim(f)->wal = true;  // lock periods are read marks from now on
   sqlite3_file* o = Orig(f);
@@ -130,32 +81,32 @@ int ShimShmUnmap(sqlite3_file* f, int delete_flag) {
   return o->pMethods->xShmUnmap(o, delete_flag);
 }
 int ShimFetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
-  CallGuard g(Shim(f), "xFetch");
+  CallGuard g(Owner(f), Shim(f)->path, "xFetch");
   sqlite3_file* o = Orig(f);
   return o->pMethods->xFetch(o, off, amt, pp);
 }
 int ShimUnfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
-  CallGuard g(Shim(f), "xUnfetch");
+  CallGuard g(Owner(f), Shim(f)->path, "xUnfetch");
   sqlite3_file* o = Orig(f);
   return o->pMethods->xUnfetch(o, off, p);
 }
 
 // ---- Lock methods: counted, then through the coordinator to the base -----------------------
 int ShimLock(sqlite3_file* f, int level) {
-  CallGuard g(Shim(f), "xLock");
+  CallGuard g(Owner(f), Shim(f)->path, "xLock");
   if (g.overlapping()) return SQLITE_MISUSE;
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kLock);
   return LockPathLock(p, level);
 }
 int ShimUnlock(sqlite3_file* f, int level) {
-  CallGuard g(Shim(f), "xUnlock");
+  CallGuard g(Owner(f), Shim(f)->path, "xUnlock");
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kUnlock);
   return LockPathUnlock(p, level);
 }
 int ShimCheckReservedLock(sqlite3_file* f, int* out) {
-  CallGuard g(Shim(f), "xCheckReservedLock");
+  CallGuard g(Owner(f), Shim(f)->path, "xCheckReservedLock");
   if (g.overlapping()) return SQLITE_MISUSE;
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kCheckReserved);
@@ -163,7 +114,7 @@ int ShimCheckReservedLock(sqlite3_file* f, int* out) {
   return o->pMethods->xCheckReservedLock(o, out);
 }
 int ShimShmLock(sqlite3_file* f, int offset, int n, int flags) {
-  CallGuard g(Shim(f), "xShmLock");
+  CallGuard g(Owner(f), Shim(f)->path, "xShmLock");
   if (g.overlapping() && (flags & SQLITE_SHM_LOCK) != 0) return SQLITE_MISUSE;
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kShmLock);
@@ -172,7 +123,9 @@ int ShimShmLock(sqlite3_file* f, int offset, int n, int flags) {
 
 // ---- Close --------------------------------------------------------------------------
 int ShimClose(sqlite3_file* f) {
-  { CallGuard g(Shim(f), "xClose"); }  // check only: the file is gone when a guard would end
+  {
+    CallGuard g(Owner(f), Shim(f)->path, "xClose");
+  }  // check only: the file is gone when a guard would end
   ShimFile* p = Shim(f);
   sqlite3_file* o = OrigFile(p);
   // Leave the coordinator and unregister first: once Release returns no other thread can
@@ -222,7 +175,7 @@ int HandlePragma(ShimFile* p, char** az) {
 }
 
 int ShimFileControl(sqlite3_file* f, int op, void* arg) {
-  CallGuard g(Shim(f), "xFileControl");
+  CallGuard g(Owner(f), Shim(f)->path, "xFileControl");
   ShimFile* p = Shim(f);
   sqlite3_file* o = OrigFile(p);
   switch (op) {
@@ -289,8 +242,6 @@ ShimFile* ShimFileOf(sqlite3* db, const char* schema) {
   }
   return IsShimFile(f) ? reinterpret_cast<ShimFile*>(f) : nullptr;
 }
-
-uint64_t OverlappingCalls() { return g_overlaps.load(std::memory_order_relaxed); }
 
 int64_t ConnectionKnob(sqlite3* db, Knob k, const char* schema) {
   ShimFile* p = ShimFileOf(db, schema);
