@@ -4,6 +4,8 @@
 #   make test-asan  the same suite under AddressSanitizer + UBSan (build-asan/)
 #   make test-tsan  the same suite under ThreadSanitizer (build-tsan/)
 #   make lint       clang-format check + clang -Wthread-safety -Werror build (build-lint/)
+#   make fuzz       libFuzzer targets (build-fuzz/), each for FUZZ_SECONDS (default 60)
+#   make soak       SOAK_SECONDS (default 600) of threads, processes, kill -9, churn; not in CI
 #   make bench      benchmarks, printed as tables
 #   make demo       the main job (see README)
 JOBS ?= 2
@@ -11,7 +13,9 @@ CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure -j$(JOBS)
 SOURCES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null || find include ext vfs tests bench -name '*.cc' -o -name '*.h')
 
-.PHONY: all build deps test test-asan test-tsan lint format bench demo clean
+.PHONY: all build deps test test-asan test-tsan lint format bench demo clean fuzz soak
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 600
 
 all: build
 
@@ -48,6 +52,17 @@ lint: deps
 format:
 	clang-format -i $(SOURCES)
 
+# libFuzzer needs clang; everything in build-fuzz/ is built with ASan+UBSan.
+fuzz: deps
+	@cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+	  -DCMAKE_CXX_COMPILER=clang++ -DSAFECONC_FUZZ=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-fuzz -j$(JOBS) --target fuzzers
+	fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+soak: build
+	@cmake --build build -j$(JOBS) --target soak
+	build/tests/soak $(SOAK_SECONDS)
+
 bench: build
 	@cmake --build build -j$(JOBS) --target benches
 	@bench/run.sh build
@@ -56,4 +71,4 @@ demo: build
 	@sql/demo.sh build
 
 clean:
-	rm -rf build build-asan build-tsan build-lint
+	rm -rf build build-asan build-tsan build-lint build-fuzz

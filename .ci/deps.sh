@@ -12,6 +12,8 @@ deps=(
   "make:cmd:make"
   "clang:cmd:clang++"
   "clang-format:cmd:clang-format"
+  # libFuzzer's runtime (make fuzz); Debian ships it apart from clang.
+  "libclang-rt-14-dev:file:/usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a"
   "sqlite3:cmd:sqlite3"
   "libsqlite3-dev:file:/usr/include/sqlite3.h"
   "libgtest-dev:file:/usr/include/gtest/gtest.h"

@@ -6,6 +6,7 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include <dlfcn.h>
 #include <sys/eventfd.h>
 
 #include <cstdio>
@@ -15,8 +16,10 @@ SQLITE_EXTENSION_INIT3
 #include <set>
 #include <string>
 
+#include "ext/internal.h"
 #include "ext/trampoline.h"
 #include "vfs/coordinator.h"  // CurrentThreadId
+#include "vfs/shim.h"         // VfsOwnedByThisCopy
 
 namespace safeconc {
 namespace {
@@ -43,6 +46,18 @@ bool Loaded() {
 }
 const char* kNotLoaded =
     "the extension is not loaded: call sqlite3_load_extension(db, \"libsafeconc\", 0, &err) first";
+const char* kOtherCopy =
+    "another copy of libsafeconc (loaded from another path) owns the safeconc VFS and this "
+    "copy cannot reach its API table: get the table from that copy (see safeconc_stats() "
+    "and load one copy only)";
+
+// Why this copy's table cannot be used, or null. A copy that lost the VFS to another copy
+// hands out that copy's table (safeconc_api below); this is for when it cannot reach it.
+const char* NotUsable() {
+  if (!Loaded()) return kNotLoaded;
+  if (!VfsOwnedByThisCopy()) return kOtherCopy;
+  return nullptr;
+}
 
 // Every owner handle ever returned. Handles are never freed (a closed one stays a known,
 // closed handle, so a late call with it fails cleanly instead of touching freed memory);
@@ -57,7 +72,7 @@ std::atomic<uint64_t> g_next_owner{0};
 // Checks a handle; on success *impl is its owner.
 int CheckOwner(safeconc_owner* h, std::shared_ptr<Owner>* impl, bool need_owner_thread,
                const char* what) {
-  if (!Loaded()) return Fail(SQLITE_MISUSE, kNotLoaded);
+  if (const char* why = NotUsable()) return Fail(SQLITE_MISUSE, why);
   {
     std::lock_guard<std::mutex> l(g_owners_mu);
     if (h == nullptr || Owners().count(h) == 0) {
@@ -79,7 +94,7 @@ int OpenOwner(safeconc_dispatch_fn hook, void* hook_arg, bool fd_kind, safeconc_
   try {
     if (out == nullptr) return Fail(SQLITE_MISUSE, "owner_open: out is NULL");
     *out = nullptr;
-    if (!Loaded()) return Fail(SQLITE_MISUSE, kNotLoaded);
+    if (const char* why = NotUsable()) return Fail(SQLITE_MISUSE, why);
     if (!fd_kind && hook == nullptr) return Fail(SQLITE_MISUSE, "owner_open: hook is NULL");
     int fd = -1;
     if (fd_kind) {
@@ -147,12 +162,38 @@ int ApiOwnerClose(safeconc_owner* h) {
   }
 }
 
+// task_run returns nothing (version 1 of the table), so a refusal is reported the way every
+// other refusal is: SQLITE_MISUSE through errmsg(), and sqlite3_log for a binding bug.
 void ApiTaskRun(safeconc_task* task) {
-  if (task == nullptr) return;
   try {
-    RunTask(task);
+    if (const char* why = NotUsable()) {
+      Fail(SQLITE_MISUSE, why);
+      return;
+    }
+    Task* t = task ? TakeHandedOut(task) : nullptr;
+    if (t == nullptr) {
+      CountRefusedTaskRun();
+      Fail(SQLITE_MISUSE,
+           "task_run: refused: the task is unknown: it already ran, its dispatch hook refused "
+           "it, or it was never handed to a dispatch hook (run each task exactly once)");
+      sqlite3_log(SQLITE_MISUSE, "%s", t_errmsg.c_str());
+      return;
+    }
+    switch (RunTask(t)) {
+      case RunResult::kRan:
+        Ok();
+        break;
+      case RunResult::kSkipped:
+        Fail(SQLITE_MISUSE,
+             "task_run: the callback was not run: its call was already over (it timed out "
+             "after safeconc_call_timeout, or its owner was closed)");
+        break;
+      case RunResult::kWrongThread:
+        Fail(SQLITE_MISUSE, "task_run: called off the owner thread; the call was failed");
+        break;
+    }
   } catch (...) {
-    // RunTask allocates nothing; stay a C boundary regardless.
+    Fail(SQLITE_NOMEM, "task_run: out of memory");
   }
 }
 
@@ -332,41 +373,74 @@ void ApiResultDouble(safeconc_ctx* c, double v) {
   r->type = SQLITE_FLOAT;
   r->d = v;
 }
+// NULL data, negative and huge lengths are treated as SQLite's own sqlite3_result_* treat
+// them (checked against 3.40, built with SQLITE_ENABLE_API_ARMOR where the plain build's
+// behaviour is undefined): NULL data is an SQL NULL whatever the length (but see result_blob
+// for (NULL, 0)); text with a negative
+// length runs to its first NUL; a negative blob length, and a text or blob longer than the
+// connection's SQLITE_LIMIT_LENGTH, fail with SQLITE_TOOBIG; a negative zeroblob size is 0.
+void TaskError(Task* t, int code, const char* msg) {
+  t->is_error = true;
+  t->error_code = code;
+  try {
+    t->error = msg;
+  } catch (...) {
+    t->error_code = SQLITE_NOMEM;
+  }
+}
 void ApiResultText(safeconc_ctx* c, const char* text, int bytes) {
   if (!c) return;
   if (text == nullptr) return ApiResultNull(c);
   const size_t n = bytes < 0 ? std::strlen(text) : static_cast<size_t>(bytes);
   if (!c->task) return sqlite3_result_text64(c->sctx, text, n, SQLITE_TRANSIENT, SQLITE_UTF8);
+  if (static_cast<int64_t>(n) > c->task->max_len)
+    return TaskError(c->task, SQLITE_TOOBIG, "string or blob too big");
   try {
     CopiedValue* r = Result(c);
     r->type = SQLITE_TEXT;
     r->bytes.assign(text, n);
   } catch (...) {
-    c->task->is_error = true;
-    c->task->error = "out of memory";
-    c->task->error_code = SQLITE_NOMEM;
+    TaskError(c->task, SQLITE_NOMEM, "out of memory");
   }
 }
 void ApiResultBlob(safeconc_ctx* c, const void* data, int bytes) {
   if (!c) return;
-  const size_t n = bytes < 0 ? 0 : static_cast<size_t>(bytes);
-  if (!c->task) return sqlite3_result_blob64(c->sctx, data ? data : "", n, SQLITE_TRANSIENT);
+  // One deliberate difference: (NULL, 0) is an empty blob, not NULL. arg_blob() returns NULL
+  // for an empty blob (as sqlite3_value_blob does), and so may a binding's empty buffer;
+  // result_blob(arg_blob(i), arg_bytes(i)) must give X'' back, not turn it into NULL.
+  if (data == nullptr && bytes == 0) data = "";
+  if (data == nullptr) return ApiResultNull(c);
+  if (bytes < 0) {
+    static const char kNegative[] = "result_blob: negative length";
+    if (!c->task) {
+      sqlite3_result_error(c->sctx, kNegative, -1);
+      sqlite3_result_error_code(c->sctx, SQLITE_TOOBIG);
+      return;
+    }
+    return TaskError(c->task, SQLITE_TOOBIG, kNegative);
+  }
+  const size_t n = static_cast<size_t>(bytes);
+  if (!c->task) return sqlite3_result_blob64(c->sctx, data, n, SQLITE_TRANSIENT);
+  if (static_cast<int64_t>(n) > c->task->max_len)
+    return TaskError(c->task, SQLITE_TOOBIG, "string or blob too big");
   try {
     CopiedValue* r = Result(c);
     r->type = SQLITE_BLOB;
-    r->bytes.assign(data ? static_cast<const char*>(data) : "", n);
+    r->bytes.assign(static_cast<const char*>(data), n);
   } catch (...) {
-    c->task->is_error = true;
-    c->task->error = "out of memory";
-    c->task->error_code = SQLITE_NOMEM;
+    TaskError(c->task, SQLITE_NOMEM, "out of memory");
   }
 }
 void ApiResultZeroblob(safeconc_ctx* c, int bytes) {
   if (!c) return;
-  if (!c->task) return sqlite3_result_zeroblob(c->sctx, bytes < 0 ? 0 : bytes);
+  const sqlite3_uint64 n = bytes < 0 ? 0 : static_cast<sqlite3_uint64>(bytes);
+  if (!c->task) {
+    sqlite3_result_zeroblob64(c->sctx, n);  // too big for the connection: SQLITE_TOOBIG
+    return;
+  }
   CopiedValue* r = Result(c);
   r->type = SQLITE_BLOB;
-  r->zeroblob = bytes < 0 ? 0 : bytes;
+  r->zeroblob = static_cast<int>(n);  // ApplyResult checks the limit on the worker
 }
 void ApiResultError(safeconc_ctx* c, const char* message, int code) {
   if (!c) return;
@@ -433,6 +507,34 @@ const safeconc_api_v1 kApiV1 = {
 }  // namespace
 }  // namespace safeconc
 
-extern "C" __attribute__((visibility("default"))) const void* safeconc_api(int version) {
-  return version == 1 ? &safeconc::kApiV1 : nullptr;
+namespace safeconc {
+
+// The table of the copy of the library that owns the registered `safeconc` VFS. Two copies
+// loaded from different paths do not stack (the second defers to the first, shim_vfs.cc); a
+// binding that reaches the second copy's symbol must still get the table whose knobs, stats
+// and owners are the ones the VFS uses, so it gets the first copy's.
+const void* ApiTable(int version) {
+  if (Loaded() && !VfsOwnedByThisCopy()) {
+    if (sqlite3_vfs* v = VfsOfOtherCopy()) {
+      Dl_info other, self;
+      // Compared by object, not by &safeconc_api: SQLite loads extensions RTLD_GLOBAL, so this
+      // copy's own reference to its exported symbol binds to the first copy's definition.
+      if (dladdr(reinterpret_cast<void*>(v->xOpen), &other) != 0 && other.dli_fname != nullptr &&
+          dladdr(reinterpret_cast<void*>(&ApiTable), &self) != 0 &&
+          other.dli_fbase != self.dli_fbase) {
+        // RTLD_NOLOAD: only a copy that is loaded already (it registered the VFS); the handle's
+        // reference is dropped at once, the library stays (SQLITE_OK_LOAD_PERMANENTLY).
+        if (void* so = dlopen(other.dli_fname, RTLD_NOW | RTLD_NOLOAD)) {
+          using ApiFn = const void* (*)(int);
+          auto fn = reinterpret_cast<ApiFn>(dlsym(so, SAFECONC_API_SYMBOL));
+          dlclose(so);
+          if (fn != nullptr) return fn(version);
+        }
+      }
+    }
+    // Unreachable owner copy: this copy's table, whose calls fail with kOtherCopy.
+  }
+  return version == 1 ? &kApiV1 : nullptr;
 }
+
+}  // namespace safeconc

@@ -15,6 +15,10 @@ int RegisterSqlFunctions(sqlite3* db);
 // *err set (sqlite3_malloc'd).
 int ConnectionInit(sqlite3* db, char** err, const sqlite3_api_routines* api);
 
+// The versioned API table behind the exported safeconc_api (ext/api.cc): this copy's, or that
+// of the copy of the library that owns the VFS; null for a version not provided.
+const void* ApiTable(int version);
+
 }  // namespace safeconc
 
 #endif  // SAFECONC_EXT_INTERNAL_H

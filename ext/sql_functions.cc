@@ -6,6 +6,7 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include <cstring>
 #include <string>
 
 #include "ext/internal.h"
@@ -14,6 +15,7 @@ SQLITE_EXTENSION_INIT3
 #include "vfs/json.h"
 #include "vfs/knobs.h"
 #include "vfs/locking.h"
+#include "vfs/misuse.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
@@ -27,6 +29,17 @@ void VersionFunc(sqlite3_context* ctx, int, sqlite3_value**) {
   sqlite3_result_text(ctx, SAFECONC_VERSION, -1, SQLITE_STATIC);
 }
 
+// The "misuse" object: API misuse seen and refused since loading (docs/vfs.md).
+void WriteMisuseJson(JsonWriter& w) {
+  const uint64_t overlapping = OverlappingCalls(), task_runs = RefusedTaskRuns();
+  w.Key("misuse")
+      .BeginObject()
+      .Field("total", static_cast<int64_t>(overlapping + task_runs))
+      .Field("overlapping_calls", static_cast<int64_t>(overlapping))
+      .Field("task_run_refused", static_cast<int64_t>(task_runs))
+      .EndObject();
+}
+
 void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
   try {
     JsonWriter w;
@@ -34,6 +47,7 @@ void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
     WriteVfsJson(w);
     Registry::Get().WriteProcessJson(w);
     WriteUdfJson(w);
+    WriteMisuseJson(w);
     w.EndObject();
     ResultString(ctx, w.str());
   } catch (...) {
@@ -44,18 +58,22 @@ void StatsFunc(sqlite3_context* ctx, int, sqlite3_value**) {
 void ConfigFunc(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   try {
     const char* name = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+    const size_t name_len = static_cast<size_t>(sqlite3_value_bytes(argv[0]));
     Knob k;
-    if (!KnobByName(name, &k)) {
-      const std::string msg = std::string("safeconc_config: unknown knob '") + (name ? name : "") +
-                              "': expected safeconc_timeout, safeconc_txn or safeconc_call_timeout";
+    // A name with a NUL inside ("safeconc_timeout\0junk") names no knob.
+    if (name == nullptr || std::strlen(name) != name_len || !KnobByName(name, &k)) {
+      const std::string msg = "safeconc_config: unknown knob '" +
+                              (name ? Echo(name, name_len) : std::string()) + "': expected " +
+                              KnobList();
       sqlite3_result_error(ctx, msg.c_str(), -1);
       return;
     }
     if (argc == 2) {
       const char* text = reinterpret_cast<const char*>(sqlite3_value_text(argv[1]));
+      const size_t len = static_cast<size_t>(sqlite3_value_bytes(argv[1]));
       int64_t v;
       std::string err;
-      if (!ParseKnob(k, text, &v, &err)) {
+      if (!ParseKnob(k, text, len, &v, &err)) {
         sqlite3_result_error(ctx, err.c_str(), -1);
         return;
       }

@@ -12,6 +12,7 @@ SQLITE_EXTENSION_INIT3
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <unordered_map>
 
 #include "vfs/coordinator.h"  // CurrentThreadId
 #include "vfs/histogram.h"
@@ -241,12 +242,13 @@ void ReleaseTask(Task* t) {
   t->error_code = 0;
   t->error.clear();
   t->next = nullptr;
+  t->handle = 0;
   g_tasks_in_use.fetch_sub(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> l(g_pool_mu);
   Pool().push_back(t);
 }
 
-void RunTask(Task* t) {
+RunResult RunTask(Task* t) {
   Owner* o = t->owner.get();
   if (o->hook != nullptr) o->TaskStarted(t);
   if (!o->OnOwnerThread()) {
@@ -255,7 +257,7 @@ void RunTask(Task* t) {
     FailQueued(t, "task_run was called off the owner thread of " + o->Name() +
                       " (the dispatch hook must run tasks on the owner thread)");
     ReleaseTask(t);
-    return;
+    return RunResult::kWrongThread;
   }
   bool run = false;
   {
@@ -288,7 +290,47 @@ void RunTask(Task* t) {
     }
   }
   ReleaseTask(t);  // the owner side's reference
+  return run ? RunResult::kRan : RunResult::kSkipped;
 }
+
+// ---- Dispatch-hook handles ------------------------------------------------------------------
+// g_handles_mu guards the table; it is a leaf (taken under Owner::mu by Dispatch, nothing is
+// taken under it). Handles count up from an odd base in steps of 16: never reused, never a
+// valid address to dereference, and never null.
+std::mutex g_handles_mu;
+std::unordered_map<uint64_t, Task*>& Handles() {
+  static auto* m = new std::unordered_map<uint64_t, Task*>();  // leaked: tasks outlive main
+  return *m;
+}
+uint64_t g_next_handle = 0x5afec0000001;  // guarded by g_handles_mu
+std::atomic<uint64_t> g_refused_runs{0};
+
+safeconc_task* HandOut(Task* t) {
+  std::lock_guard<std::mutex> l(g_handles_mu);
+  const uint64_t h = g_next_handle;
+  g_next_handle += 16;
+  Handles().emplace(h, t);  // may throw bad_alloc: Dispatch's caller fails the call
+  t->handle = h;
+  return reinterpret_cast<safeconc_task*>(static_cast<uintptr_t>(h));
+}
+
+Task* TakeHandedOut(safeconc_task* h) {
+  const uint64_t key = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(h));
+  std::lock_guard<std::mutex> l(g_handles_mu);
+  auto it = Handles().find(key);
+  if (it == Handles().end()) return nullptr;
+  Task* t = it->second;
+  Handles().erase(it);
+  return t;
+}
+
+void ForgetHandle(safeconc_task* h) {
+  std::lock_guard<std::mutex> l(g_handles_mu);
+  Handles().erase(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(h)));
+}
+
+uint64_t RefusedTaskRuns() { return g_refused_runs.load(std::memory_order_relaxed); }
+void CountRefusedTaskRun() { g_refused_runs.fetch_add(1, std::memory_order_relaxed); }
 
 // ---- Owners -----------------------------------------------------------------------------------
 
@@ -334,6 +376,18 @@ bool Owner::Dispatch(Task* t, std::string* why) {
       ++hooks_running_;
     }
   }
+  safeconc_task* handle = nullptr;
+  if (hook != nullptr) {
+    try {
+      handle = HandOut(t);
+    } catch (...) {
+      std::lock_guard<std::mutex> l(mu_);
+      ForgetInHost(t);
+      if (--hooks_running_ == 0) hooks_done_.notify_all();
+      *why = "out of memory";
+      return false;
+    }
+  }
   if (hook == nullptr) {
     const uint64_t one = 1;
     // An eventfd write only fails on counter overflow (2^64-2 unread signals).
@@ -342,7 +396,8 @@ bool Owner::Dispatch(Task* t, std::string* why) {
     }
     return true;
   }
-  const int rc = hook(hook_arg, reinterpret_cast<safeconc_task*>(t));
+  const int rc = hook(hook_arg, handle);
+  if (rc != 0) ForgetHandle(handle);  // refused: a later task_run with it is refused too
   {
     std::lock_guard<std::mutex> l(mu_);
     // Refused: the hook will never run it. Take it back unless close() already failed it.
@@ -455,7 +510,7 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
       break;
     case SQLITE_BLOB:
       if (r.zeroblob >= 0) {
-        sqlite3_result_zeroblob(sctx, r.zeroblob);
+        sqlite3_result_zeroblob64(sctx, static_cast<sqlite3_uint64>(r.zeroblob));
       } else {
         sqlite3_result_blob64(sctx, r.bytes.data(), r.bytes.size(), SQLITE_TRANSIENT);
       }
@@ -488,6 +543,7 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
     return;
   }
   t->agg_value = slot ? *slot : nullptr;
+  t->max_len = sqlite3_limit(sqlite3_context_db_handle(sctx), SQLITE_LIMIT_LENGTH, -1);
   t->refs.store(2, std::memory_order_relaxed);  // this worker's, and the owner side's
   t->state.store(Task::kQueued, std::memory_order_relaxed);
   t->dispatched = Clock::now();

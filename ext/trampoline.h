@@ -141,6 +141,9 @@ struct Task {
   // The group's host state, copied in and (when done) back out by the worker: the owner
   // never touches SQLite's aggregate memory, which a worker that gave up may free.
   void* agg_value = nullptr;
+  // The connection's SQLITE_LIMIT_LENGTH, read by the worker at dispatch: the owner refuses
+  // a longer text or blob result without copying it (SQLite would refuse it as too big).
+  int64_t max_len = 1000000000;
   Clock::time_point dispatched;
   // Written by the owner while running, read by the worker after kDone.
   CopiedValue result;
@@ -149,6 +152,9 @@ struct Task {
   int error_code = 0;
   std::string error;
   Task* next = nullptr;  // fd owner's queue link, guarded by Owner::mu
+  // The handle a dispatch hook got for this task (see HandOut), 0 if none. Written by the
+  // worker before the hook call; erased from the handle table by the first task_run.
+  uint64_t handle = 0;
 
   enum State : int { kFree, kQueued, kRunning, kDone, kAbandoned, kFailed };
 };
@@ -157,8 +163,25 @@ struct Task {
 Task* AcquireTask();
 void ReleaseTask(Task* t);  // drops one reference; the last returns it to the pool
 
-// Runs a task on the owner thread (fd drain, or task_run from a hook).
-void RunTask(Task* t);
+// Runs a task on the owner thread (fd drain, or task_run from a hook). kSkipped: the call
+// was over before the owner got to it (the worker timed out, or close/refusal failed it), so
+// the callback did not run; kWrongThread: called off the owner thread, the call was failed.
+enum class RunResult { kRan, kSkipped, kWrongThread };
+RunResult RunTask(Task* t);
+
+// Dispatch-hook handles. A hook never sees a Task's address: tasks are pooled, so a pointer
+// kept after its run could name another call's task by the time it is run again. Each hand-over
+// gets a fresh handle, never reused (a 64-bit counter); task_run takes it out of the table, so
+// a second run, a run after the call was refused, or a made-up pointer finds nothing and is
+// refused with SQLITE_MISUSE instead of touching a recycled task.
+safeconc_task* HandOut(Task* t);
+// The task behind h, removed from the table; null if h is not (or no longer) handed out.
+Task* TakeHandedOut(safeconc_task* h);
+// Forgets handle h (the hook refused its task: it will never be run).
+void ForgetHandle(safeconc_task* h);
+// task_run calls refused because their handle was unknown (safeconc_stats "misuse").
+uint64_t RefusedTaskRuns();
+void CountRefusedTaskRun();
 
 // Registration (ext/trampoline.cc). Returns an SQLite code; *why on failure.
 int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,

@@ -120,8 +120,10 @@ JsonWriter& JsonWriter::Int(int64_t v) {
 JsonWriter& JsonWriter::Double(double v) {
   if (!std::isfinite(v)) return Null();
   Separate();
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.3f", v);
+  char buf[40];
+  // Three decimals for the values the stats hold; past 1e15 "%.3f" needs up to 313 characters
+  // (and cut to the buffer it ended in a bare "." that is not JSON): exponent form instead.
+  std::snprintf(buf, sizeof buf, std::fabs(v) < 1e15 ? "%.3f" : "%.17g", v);
   out_ += buf;
   return *this;
 }

@@ -3,6 +3,9 @@
 
 #include <strings.h>
 
+#include <cstdio>
+#include <cstring>
+
 namespace safeconc {
 namespace {
 
@@ -57,8 +60,17 @@ bool KnobByName(const char* name, Knob* out) {
 }
 
 bool ParseKnob(Knob k, const char* text, int64_t* out, std::string* err) {
+  return ParseKnob(k, text, text ? std::strlen(text) : 0, out, err);
+}
+
+bool ParseKnob(Knob k, const char* bytes, size_t len, int64_t* out, std::string* err) {
   bool ok = false;
-  if (k == Knob::kTxn) {
+  // The parsers below read a C string: a copy, so `bytes` needs no terminating NUL.
+  const std::string copy = bytes ? std::string(bytes, len) : std::string();
+  const char* text = bytes ? copy.c_str() : nullptr;
+  if (text != nullptr && std::memchr(text, '\0', len) != nullptr) {
+    // An embedded NUL: whatever follows it would be silently dropped. Refuse.
+  } else if (k == Knob::kTxn) {
     for (int i = 0; i < 3 && text != nullptr; ++i) {
       if (strcasecmp(text, kTxnWords[i]) == 0) {
         *out = i;
@@ -69,10 +81,45 @@ bool ParseKnob(Knob k, const char* text, int64_t* out, std::string* err) {
     ok = ParseMillis(text, k == Knob::kFairMs ? kMaxFairMillis : kMaxMillis, out);
   }
   if (!ok && err != nullptr) {
-    *err = std::string(KnobName(k)) + ": bad value '" + (text ? text : "") + "': expected " +
-           KnobAccepted(k);
+    *err = std::string(KnobName(k)) + ": bad value '" + (text ? Echo(text, len) : "") +
+           "': expected " + KnobAccepted(k);
   }
   return ok;
+}
+
+bool HasKnobPrefix(const char* name) {
+  return name != nullptr && strncasecmp(name, "safeconc_", 9) == 0;
+}
+
+std::string KnobList() {
+  std::string s;
+  for (int i = 0; i < kKnobCount; ++i) {
+    if (i > 0) s += i + 1 == kKnobCount ? " or " : ", ";
+    s += kKnobs[i].name;
+  }
+  return s;
+}
+
+std::string Echo(const char* s, size_t len) {
+  std::string out;
+  size_t n = len;
+  if (n > kEchoMax) {
+    n = kEchoMax;
+    // Do not cut a UTF-8 sequence: back up over continuation bytes to its lead byte.
+    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xc0) == 0x80) --n;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (n < len) out += "... (" + std::to_string(len) + " bytes)";
+  return out;
 }
 
 std::string FormatKnob(Knob k, int64_t value) {

@@ -35,8 +35,24 @@ const char* KnobAccepted(Knob k);
 bool KnobByName(const char* name, Knob* out);
 
 // Parses `text` for knob `k`. On failure returns false and sets *err to a message that
-// names the knob, the value given and what is accepted.
+// names the knob, the value given (cut to a sane length, see Echo) and what is accepted.
 bool ParseKnob(Knob k, const char* text, int64_t* out, std::string* err);
+// The same for a value of `len` bytes (an SQL value may hold a NUL: "77\0 99" is refused, not
+// read as 77).
+bool ParseKnob(Knob k, const char* text, size_t len, int64_t* out, std::string* err);
+
+// True if `name` starts with "safeconc_" in any case: a URI parameter or PRAGMA meant for us,
+// which must name a knob (a misspelt one is refused, never ignored).
+bool HasKnobPrefix(const char* name);
+// "safeconc_timeout, safeconc_txn, ..." for messages about unknown names.
+std::string KnobList();
+// A user-given string for an error message: at most kEchoMax bytes (cut at a character
+// boundary, then "..." and the full length), control bytes and NULs shown as \xNN.
+constexpr size_t kEchoMax = 64;
+std::string Echo(const char* s, size_t len);
+inline std::string Echo(const char* s) {
+  return s ? Echo(s, std::char_traits<char>::length(s)) : "";
+}
 // The value as a user would write it ("5000", "immediate").
 std::string FormatKnob(Knob k, int64_t value);
 

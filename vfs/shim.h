@@ -8,7 +8,9 @@
 //
 // Thread safety: SQLite never calls two methods of one sqlite3_file at once, so a ShimFile's
 // plain fields are owned by whichever thread is inside SQLite for that connection.
-// Fields read by other threads (knobs, counters) are atomics.
+// Fields read by other threads (knobs, counters) are atomics. A binding that breaks that rule
+// (a connection opened with SQLITE_OPEN_NOMUTEX used by two threads at once) is detected by
+// `call_owner` (vfs/misuse.h): counted, logged, and refused with SQLITE_MISUSE where it can be.
 #ifndef SAFECONC_VFS_SHIM_H
 #define SAFECONC_VFS_SHIM_H
 
@@ -73,6 +75,12 @@ struct ShimFile {
     Clock::time_point deadline;  // arrived + safeconc_timeout
   } pending;
   std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
+  // Misuse detection: the thread inside a method of this file (the address of a thread-local,
+  // 0 if none). Plain relaxed load/store, no read-modify-write: correct use is serialised by
+  // SQLite's own mutexes (connection or shared-cache btree), whose release/acquire orders one
+  // call's clearing store before the next call's load, so it never reports correct use; a
+  // real overlap is seen at the second call's entry or the first call's exit.
+  std::atomic<uintptr_t> call_owner{0};
 };
 
 static_assert(alignof(ShimFile) <= 8, "SQLite aligns sqlite3_file memory to 8 bytes only");
@@ -97,6 +105,14 @@ int RegisterVfs(std::string* err);
 // `safeconc` first and RegisterVfs deferred to it: this copy must then add nothing of its
 // own (its functions would read its own, empty registry and knob defaults).
 bool VfsOwnedByThisCopy();
+// The `safeconc` VFS registered by another copy of this library, or null if this copy owns it
+// (or nothing was loaded yet).
+sqlite3_vfs* VfsOfOtherCopy();
+
+// Applies the URI knobs of database file name `name` (as SQLite hands it to xOpen) to
+// `knobs`. Returns false, and logs why through sqlite3_log, when a safeconc_ parameter names
+// no knob or has a bad value: the open must fail then.
+bool ApplyUriKnobs(const char* name, KnobSet* knobs);
 
 // The io_methods table for a base file of the given iVersion (1..3).
 const sqlite3_io_methods* ShimMethods(int base_version);

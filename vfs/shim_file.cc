@@ -12,6 +12,7 @@ SQLITE_EXTENSION_INIT3
 #include <new>
 
 #include "vfs/locking.h"
+#include "vfs/misuse.h"
 #include "vfs/shim.h"
 
 namespace safeconc {
@@ -20,24 +21,37 @@ namespace {
 ShimFile* Shim(sqlite3_file* f) { return reinterpret_cast<ShimFile*>(f); }
 sqlite3_file* Orig(sqlite3_file* f) { return OrigFile(Shim(f)); }
 
+// Misuse detection (vfs/misuse.h): one guard per method call.
+CallGuard::Word& Owner(sqlite3_file* f) { return Shim(f)->call_owner; }
+
 // ---- Pass-through methods -----------------------------------------------------
 int ShimRead(sqlite3_file* f, void* buf, int n, sqlite3_int64 off) {
+  CallGuard g(Owner(f), Shim(f)->path, "xRead");
+  if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xRead(o, buf, n, off);
 }
 int ShimWrite(sqlite3_file* f, const void* buf, int n, sqlite3_int64 off) {
+  CallGuard g(Owner(f), Shim(f)->path, "xWrite");
+  if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xWrite(o, buf, n, off);
 }
 int ShimTruncate(sqlite3_file* f, sqlite3_int64 size) {
+  CallGuard g(Owner(f), Shim(f)->path, "xTruncate");
+  if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xTruncate(o, size);
 }
 int ShimSync(sqlite3_file* f, int flags) {
+  CallGuard g(Owner(f), Shim(f)->path, "xSync");
+  if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xSync(o, flags);
 }
 int ShimFileSize(sqlite3_file* f, sqlite3_int64* size) {
+  CallGuard g(Owner(f), Shim(f)->path, "xFileSize");
+  if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xFileSize(o, size);
 }
@@ -50,6 +64,8 @@ int ShimDeviceCharacteristics(sqlite3_file* f) {
   return o->pMethods->xDeviceCharacteristics(o);
 }
 int ShimShmMap(sqlite3_file* f, int pg, int pgsz, int extend, void volatile** pp) {
+  CallGuard g(Owner(f), Shim(f)->path, "xShmMap");
+  if (g.overlapping()) return SQLITE_MISUSE;
   sqlite3_file* o = Orig(f);
   return o->pMethods->xShmMap(o, pg, pgsz, extend, pp);
 }
@@ -63,32 +79,41 @@ int ShimShmUnmap(sqlite3_file* f, int delete_flag) {
   return o->pMethods->xShmUnmap(o, delete_flag);
 }
 int ShimFetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
+  CallGuard g(Owner(f), Shim(f)->path, "xFetch");
   sqlite3_file* o = Orig(f);
   return o->pMethods->xFetch(o, off, amt, pp);
 }
 int ShimUnfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
+  CallGuard g(Owner(f), Shim(f)->path, "xUnfetch");
   sqlite3_file* o = Orig(f);
   return o->pMethods->xUnfetch(o, off, p);
 }
 
 // ---- Lock methods: counted, then through the coordinator to the base -----------------------
 int ShimLock(sqlite3_file* f, int level) {
+  CallGuard g(Owner(f), Shim(f)->path, "xLock");
+  if (g.overlapping()) return SQLITE_MISUSE;
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kLock);
   return LockPathLock(p, level);
 }
 int ShimUnlock(sqlite3_file* f, int level) {
+  CallGuard g(Owner(f), Shim(f)->path, "xUnlock");
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kUnlock);
   return LockPathUnlock(p, level);
 }
 int ShimCheckReservedLock(sqlite3_file* f, int* out) {
+  CallGuard g(Owner(f), Shim(f)->path, "xCheckReservedLock");
+  if (g.overlapping()) return SQLITE_MISUSE;
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kCheckReserved);
   sqlite3_file* o = OrigFile(p);
   return o->pMethods->xCheckReservedLock(o, out);
 }
 int ShimShmLock(sqlite3_file* f, int offset, int n, int flags) {
+  CallGuard g(Owner(f), Shim(f)->path, "xShmLock");
+  if (g.overlapping() && (flags & SQLITE_SHM_LOCK) != 0) return SQLITE_MISUSE;
   ShimFile* p = Shim(f);
   p->counters.Bump(LockCounters::kShmLock);
   return LockPathShmLock(p, offset, n, flags);
@@ -96,6 +121,9 @@ int ShimShmLock(sqlite3_file* f, int offset, int n, int flags) {
 
 // ---- Close --------------------------------------------------------------------------
 int ShimClose(sqlite3_file* f) {
+  {
+    CallGuard g(Owner(f), Shim(f)->path, "xClose");
+  }  // check only: the file is gone when a guard would end
   ShimFile* p = Shim(f);
   sqlite3_file* o = OrigFile(p);
   // Leave the coordinator and unregister first: once Release returns no other thread can
@@ -125,7 +153,12 @@ int HandlePragma(ShimFile* p, char** az) {
     return SQLITE_OK;
   }
   Knob k;
-  if (!KnobByName(name, &k)) return SQLITE_NOTFOUND;
+  if (!KnobByName(name, &k)) {
+    if (!HasKnobPrefix(name)) return SQLITE_NOTFOUND;  // not ours: SQLite's or another VFS's
+    az[0] = sqlite3_mprintf("unknown pragma %s: the safeconc pragmas are %s and safeconc_stats",
+                            Echo(name).c_str(), KnobList().c_str());
+    return SQLITE_ERROR;
+  }
   if (arg != nullptr) {
     int64_t v;
     std::string err;
@@ -140,6 +173,7 @@ int HandlePragma(ShimFile* p, char** az) {
 }
 
 int ShimFileControl(sqlite3_file* f, int op, void* arg) {
+  CallGuard g(Owner(f), Shim(f)->path, "xFileControl");
   ShimFile* p = Shim(f);
   sqlite3_file* o = OrigFile(p);
   switch (op) {

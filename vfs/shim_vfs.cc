@@ -27,12 +27,26 @@ std::atomic<uint64_t> g_next_handle{0};
 
 sqlite3_vfs* BaseVfs(sqlite3_vfs* v) { return static_cast<sqlite3_vfs*>(v->pAppData); }
 
-// Applies the URI knobs of `name` to `knobs`. Returns false (and logs) on a bad value.
+// Applies the URI knobs of `name` to `knobs`. Every parameter that starts with "safeconc_" (in
+// any case) must name a knob (also in any case) and carry a valid value; anything else fails
+// the open and is logged, never ignored (a misspelt knob would silently keep its default).
+}  // namespace
+
 bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
-  for (int i = 0; i < kKnobCount; ++i) {
-    const Knob k = static_cast<Knob>(i);
-    const char* text = sqlite3_uri_parameter(name, KnobName(k));
-    if (text == nullptr) continue;
+  for (int i = 0;; ++i) {
+    const char* key = sqlite3_uri_key(name, i);
+    if (key == nullptr) break;
+    if (!HasKnobPrefix(key)) continue;
+    Knob k;
+    if (!KnobByName(key, &k)) {
+      sqlite3_log(SQLITE_CANTOPEN,
+                  "safeconc: cannot open %s: unknown URI parameter '%s': the knobs are %s", name,
+                  Echo(key).c_str(), KnobList().c_str());
+      return false;
+    }
+    // The value of this very key: sqlite3_uri_parameter matches names exactly, and a key
+    // given in another case (SAFECONC_TIMEOUT) must not be looked up as the canonical one.
+    const char* text = sqlite3_uri_parameter(name, key);
     int64_t v;
     std::string err;
     if (!ParseKnob(k, text, &v, &err)) {
@@ -43,6 +57,8 @@ bool ApplyUriKnobs(const char* name, KnobSet* knobs) {
   }
   return true;
 }
+
+namespace {
 
 int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags, int* out_flags) {
   sqlite3_vfs* base = BaseVfs(vfs);
@@ -194,6 +210,11 @@ int RegisterVfs(std::string* err) {
 bool VfsOwnedByThisCopy() {
   MutexLock l(&g_register_mu);
   return g_active == &g_vfs;
+}
+
+sqlite3_vfs* VfsOfOtherCopy() {
+  MutexLock l(&g_register_mu);
+  return g_active != &g_vfs ? g_active : nullptr;
 }
 
 void WriteVfsJson(JsonWriter& w) {
