@@ -397,8 +397,8 @@ TEST(Config, SetsDefaultsForLaterOpens) {
   EXPECT_EQ(ErrorOf(early, "select safeconc_config('safeconc_txn', '')"),
             BadValue("safeconc_txn", "", kTxnAccepted));
   EXPECT_EQ(ErrorOf(early, "select safeconc_config('nope')"),
-            "safeconc_config: unknown knob 'nope': expected safeconc_timeout, safeconc_txn or "
-            "safeconc_call_timeout");
+            "safeconc_config: unknown knob 'nope': expected safeconc_timeout, safeconc_txn, "
+            "safeconc_call_timeout or safeconc_fair_ms");
   EXPECT_EQ(ErrorOf(early, "select safeconc_config('safeconc_timeout', 1, 2)"),
             "wrong number of arguments to function safeconc_config()");
   EXPECT_EQ(early.Text("select safeconc_config('safeconc_timeout')"), "1500") << "unchanged";
