@@ -136,7 +136,13 @@ class Sweep : public ::testing::Test {
                                    "SELECT json_extract(?1, '$.handles'),"
                                    " json_extract(?1, '$.coordinator.queue_depth'),"
                                    " json_extract(?1, '$.coordinator.readers'),"
-                                   " json_type(?1, '$.coordinator.write_turn')",
+                                   " json_type(?1, '$.coordinator.write_turn'),"
+                                   " json_extract(?1, '$.coordinator.acquisitions') -"
+                                   " json_extract(?1, '$.coordinator.releases'),"
+                                   " json_extract(?1, '$.coordinator.debug.reserved'),"
+                                   " json_extract(?1, '$.coordinator.debug.queue_walked'),"
+                                   " json_extract(?1, '$.coordinator.debug.parked'),"
+                                   " json_extract(?1, '$.coordinator.debug.readers_walked')",
                                    -1, &st, nullptr),
                 SQLITE_OK);
       sqlite3_bind_text(st, 1, json.c_str(), -1, SQLITE_TRANSIENT);
@@ -146,6 +152,13 @@ class Sweep : public ::testing::Test {
       EXPECT_EQ(sqlite3_column_int(st, 2), 0) << what << " " << paths_[d] << ": readers";
       EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 3)), "null")
           << what << " " << paths_[d] << ": write-turn holder; " << json;
+      // Counters balanced: every turn granted was given back; nothing reserved, parked or
+      // linked behind the counters' back.
+      EXPECT_EQ(sqlite3_column_int(st, 4), 0) << what << ": acquisitions - releases; " << json;
+      EXPECT_EQ(sqlite3_column_int(st, 5), 0) << what << ": reservation left; " << json;
+      EXPECT_EQ(sqlite3_column_int(st, 6), 0) << what << ": tickets linked; " << json;
+      EXPECT_EQ(sqlite3_column_int(st, 7), 0) << what << ": threads parked; " << json;
+      EXPECT_EQ(sqlite3_column_int(st, 8), 0) << what << ": readers linked; " << json;
       sqlite3_finalize(st);
     }
     // Process-wide: only the sentinels' files are open (plus this checker's own), no UDF task
