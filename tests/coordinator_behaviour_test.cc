@@ -167,6 +167,14 @@ TEST_P(CoordinatorBehaviour, TimeoutHonouredAndLastBusyNamesHolder) {
   EXPECT_NE(Json(db, why, "$.holder.handle"), "") << why;
   EXPECT_NE(Json(db, why, "$.holder.thread"), "") << why;
   EXPECT_GE(std::stoll(Json(db, why, "$.holder.held_ms")), 250) << why;
+  // The message text as docs/vfs.md documents it (issue 11 item 7: the two had drifted).
+  EXPECT_EQ(Json(db, why, "$.message"),
+            "gave up after " + Json(db, why, "$.waited_ms") +
+                " ms waiting for the write turn; the write turn is held by handle " +
+                Json(db, why, "$.holder.handle") + " on thread " +
+                Json(db, why, "$.holder.thread") + " for " + Json(db, why, "$.holder.held_ms") +
+                " ms")
+      << why;
 }
 
 // A connection that never set a busy handler still waits for a short writer instead of

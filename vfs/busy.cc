@@ -52,31 +52,6 @@ void BackoffSleep(Coordinator& c, Clock::duration d) {
   c.WaitForChange(c.Generation(), Clock::now() + d);
 }
 
-// The in-lock wait's sleep: until `until`, trying the request again at each release in this
-// process (or, for the turn, each time it may be ours). True once the request succeeded.
-bool SleepTryingInLock(InLockWait* w, Clock::time_point until) {
-  Coordinator& c = *w->coord;
-  for (;;) {
-    if (w->turn != nullptr) {
-      switch (c.WaitForTurn(w->turn, until)) {
-        case Coordinator::TurnWait::kReady:
-          break;
-        case Coordinator::TurnWait::kTimedOut:
-          return false;
-        case Coordinator::TurnWait::kNotQueued:
-          // Not in line (granted to nobody, cancelled): a plain sleep, then the lock path tries.
-          c.WaitForChange(c.Generation(), until);
-          return false;
-      }
-    } else {
-      c.WaitForChange(w->generation, until, w->one_at_a_time);
-    }
-    w->generation = c.Generation();
-    if (w->attempt(w->ctx)) return true;
-    if (Clock::now() >= until) return false;
-  }
-}
-
 }  // namespace
 
 void ForgetConnection(sqlite3* db) {
@@ -221,12 +196,10 @@ int SleepHook(sqlite3_vfs* base, int micros) {
     return micros;
   }
   if (InLockWait* w = t_in_lock) {
-    // The connection's handler sleeps between two tries of an in-lock wait: try again at
-    // each release; return early only once the request succeeded.
+    // The connection's handler sleeps between two tries of an in-lock wait: the lock path
+    // spends that time parked in the coordinator, woken at each release (see locking.h).
     w->slept = true;
-    if (!w->succeeded) {
-      w->succeeded = SleepTryingInLock(w, Clock::now() + std::chrono::microseconds(micros));
-    }
+    w->slept_for += std::chrono::microseconds(micros);
     return micros;
   }
   BusyRecord& r = ThreadBusyRecord();

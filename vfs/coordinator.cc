@@ -317,7 +317,8 @@ void Coordinator::YieldTurnKeepPlace(Ticket* t) {
   BumpGenerationLocked();
 }
 
-Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until) {
+Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until,
+                                               bool claims_here) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
   // A ticket whose owner stopped waiting long ago (its binding's handler gave up) is not
@@ -332,7 +333,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
     if (MayTakeLocked(t, Ask::kWrite, now)) {
       // t leaves to claim the turn through SQLite's retry. If it is reserved for t, the next
       // waiter must time its sleep to the reservation's end in case t never comes back.
-      if (reserved_ == t) {
+      if (reserved_ == t && !claims_here) {
         if (Ticket* next = FirstParkedLocked(t)) next->cv.Signal();
       }
       return TurnWait::kReady;

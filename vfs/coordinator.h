@@ -139,7 +139,11 @@ class Coordinator {
   // Busy-handler side: parks until t may take the turn (kReady) or `until` (kTimedOut).
   // kNotQueued at once if t is not in line.
   enum class TurnWait { kReady, kTimedOut, kNotQueued };
-  TurnWait WaitForTurn(Ticket* t, Clock::time_point until) SC_EXCLUDES(mu_);
+  // `claims_here`: the caller takes the turn itself right after kReady (an in-lock wait), so
+  // a turn reserved for t needs no lapse watch; otherwise t leaves to claim it through
+  // SQLite's retry, and the next waiter is told to time its sleep to the reservation's end.
+  TurnWait WaitForTurn(Ticket* t, Clock::time_point until, bool claims_here = false)
+      SC_EXCLUDES(mu_);
   // Takes t out of the line (if queued) and counts why.
   void Cancel(Ticket* t, CancelWhy why) SC_EXCLUDES(mu_);
   // The file closed: leave every list, never hold the turn again.

@@ -154,37 +154,31 @@ void Touch(ShimFile* p, uint64_t tid) {
 }
 
 // Waits inside a lock call (a safe point) until `attempt` succeeds, following the
-// connection's busy policy: the binding's busy handler, run between tries as SQLite would run
-// it (RunHandlerInLock); or, when the binding set none (or safeconc's own handler is the one
-// set), up to the request's deadline (safeconc_timeout), woken on each release by `park`.
-// `turn`: the request is the write turn (t queued while it waits). Returns true on success.
+// connection's busy policy. With a binding's busy handler, the handler runs between tries as
+// SQLite would run it (RunHandlerInLock); the sleep it asks for through the VFS is spent here,
+// parked, woken (and tried again) at each release: a binding's timeout bounds the wait, its
+// handler is called as often as stock SQLite calls it, and the wait does not wake at each of
+// its delay steps. When the handler that runs is safeconc's own, or none (ours is then
+// installed), the wait goes on until the request's deadline (safeconc_timeout).
+// `park(gen, until)`: waits until `until`, trying the request at each release; true once it
+// succeeded. Returns true on success.
 template <typename Attempt, typename Park>
-bool WaitInLock(ShimFile* p, const char* lock, Ticket* turn, Attempt attempt, Park park,
-                bool one_at_a_time = false) {
+bool WaitInLock(ShimFile* p, const char* lock, Attempt attempt, Park park) {
   Coordinator& c = Coord(p);
-  bool use_handler = p->busy_fn != nullptr;
-  Clock::time_point deadline = Clock::time_point::max();  // set once, at the first refusal
-  for (;;) {
-    const uint64_t gen = c.Generation();
+  uint64_t gen = 0;
+  for (bool use_handler = p->busy_fn != nullptr;;) {
+    gen = c.Generation();
     if (attempt()) return true;
-    if (use_handler) {
-      auto thunk = [](void* ctx) { return (*static_cast<Attempt*>(ctx))(); };
-      InLockWait w{&c, Caller(p), turn, thunk, &attempt};
-      w.generation = gen;
-      w.one_at_a_time = one_at_a_time;
-      const int again = RunHandlerInLock(p, &w);
-      if (w.succeeded) return true;
-      if (!w.reached_ours && (again != 0 || w.slept || w.gave_up)) {
-        if (again == 0) return false;  // the binding's handler gave up
-        continue;
-      }
-      // safeconc's own handler, or none: wait here by safeconc_timeout.
-      use_handler = false;
+    if (!use_handler) break;
+    InLockWait w{Caller(p)};
+    const int again = RunHandlerInLock(p, &w);
+    if (w.reached_ours || (again == 0 && !w.slept && !w.gave_up)) {
+      break;  // safeconc's own handler, or none: wait by safeconc_timeout
     }
-    if (deadline == Clock::time_point::max()) deadline = RefusalDeadline(p, lock);
-    if (Clock::now() >= deadline) return false;
-    if (park(gen, deadline)) return true;
+    if (again == 0) return false;  // the binding's handler gave up
+    if (park(gen, Clock::now() + w.slept_for)) return true;
   }
+  return park(gen, RefusalDeadline(p, lock));
 }
 
 // Takes the write turn at the start of a lock period (a safe point: no lock of this file is
@@ -207,15 +201,24 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
     return false;
   }
   const bool had_refusal = RefusalActive(p);
-  bool got = WaitInLock(
-      p, lock, t,
-      [&] {
-        return c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read) ==
-               Coordinator::Grant::kGranted;
-      },
-      [&](uint64_t, Clock::time_point deadline) {
-        return c.AcquireTurn(t, deadline, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted;
-      });
+  auto take = [&] {
+    return c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read) ==
+           Coordinator::Grant::kGranted;
+  };
+  const bool got = WaitInLock(p, lock, take, [&](uint64_t, Clock::time_point until) {
+    // Parked in line (keeping its place) until the turn may be ours, then take it.
+    for (;;) {
+      switch (c.WaitForTurn(t, until, /*claims_here=*/true)) {
+        case Coordinator::TurnWait::kReady:
+        case Coordinator::TurnWait::kNotQueued:  // left the line (stale): back in, then wait
+          if (take()) return true;
+          if (Clock::now() >= until) return false;
+          break;
+        case Coordinator::TurnWait::kTimedOut:
+          return false;
+      }
+    }
+  });
   if (got) {
     TakeReason(p, kReasonTxn);
     // Whatever this lock period retries was waiting for the turn: granted.
@@ -361,23 +364,24 @@ int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, InProcess in
   int rc = SQLITE_OK;
   int polls = 0, tries = 0;
   const bool had_refusal = RefusalActive(p);
-  const bool ok = WaitInLock(
-      p, lock, nullptr,
-      [&] {
-        ++tries;
-        rc = attempt();
-        return rc != SQLITE_BUSY;
-      },
-      [&](uint64_t gen, Clock::time_point deadline) {
-        // In-process holders wake us on release; poll now and then anyway in case another
-        // process holds the lock too.
-        const Clock::duration step =
-            in_process() ? Clock::duration(timing::kInProcessRecheck) : timing::PollStep(polls);
-        ++polls;
-        c.WaitForChange(gen, std::min(deadline, Clock::now() + step), one_at_a_time);
-        return false;
-      },
-      one_at_a_time);
+  auto try_once = [&] {
+    ++tries;
+    rc = attempt();
+    return rc != SQLITE_BUSY;
+  };
+  const bool ok = WaitInLock(p, lock, try_once, [&](uint64_t gen, Clock::time_point until) {
+    // In-process holders wake us on release; poll now and then anyway in case another
+    // process holds the lock too.
+    for (;;) {
+      const Clock::duration step =
+          in_process() ? Clock::duration(timing::kInProcessRecheck) : timing::PollStep(polls);
+      ++polls;
+      c.WaitForChange(gen, std::min(until, Clock::now() + step), one_at_a_time);
+      gen = c.Generation();
+      if (try_once()) return true;
+      if (Clock::now() >= until) return false;
+    }
+  });
   if (ok) {
     if (tries > 1) c.CountInLockWait(Clock::now() - start);
     // A refusal of this very request is over; one of another request (the RESERVED this

@@ -51,25 +51,17 @@ void EnsureBusyHandler(ShimFile* p);
 // closed connection that had the same address.
 void ForgetConnection(sqlite3* db);
 
-// A wait inside a lock call (a safe point) that follows the connection's busy policy. The
-// lock path tries its request; on a refusal it runs the connection's busy handler through
-// SQLite's wrapper, exactly as SQLite itself would between two tries (so a binding's timeout
-// bounds the wait and its handler is called as often as stock SQLite calls it). While the
-// handler sleeps through the VFS xSleep, the sleep wakes on each release in this process and
-// tries the request again; it returns early only once the request succeeded, so the
-// handler's own accounting of the delays it asked for stays true.
+// A wait inside a lock call (a safe point) that follows the connection's busy policy: after a
+// refused try, the lock path runs the connection's busy handler through SQLite's wrapper,
+// exactly as SQLite itself would between two tries. A sleep the handler asks for through the
+// VFS xSleep is not slept there: it returns at once and the lock path spends that time parked
+// in the coordinator, woken and trying again at each release (lock_paths.cc, WaitInLock).
 struct InLockWait {
-  Coordinator* coord;
-  sqlite3* db;                 // the connection whose handler runs (null: unknown, shared cache)
-  Ticket* turn;                // waiting for the write turn (t is queued); null: for a release
-  bool (*attempt)(void* ctx);  // tries the request once; true once it succeeded
-  void* ctx;
-  uint64_t generation = 0;     // Coordinator::Generation() before the last failed try
-  bool one_at_a_time = false;  // a reader refused by a writer: woken one per release
-  bool succeeded = false;      // an attempt inside the handler's sleep succeeded
-  bool reached_ours = false;   // the handler that ran is safeconc's own
-  bool slept = false;          // the handler slept through the VFS xSleep
-  bool gave_up = false;        // the binding's handler (seen before) returned 0 at once
+  sqlite3* db;                  // the connection whose handler runs (null: shared cache)
+  Clock::duration slept_for{};  // the sleeps it asked for, to be spent by the lock path
+  bool reached_ours = false;    // the handler that ran is safeconc's own
+  bool slept = false;           // the handler slept through the VFS xSleep
+  bool gave_up = false;         // the binding's handler (seen before) returned 0 at once
 };
 // Runs p's busy handler once for `w`. Returns what the handler said (non-zero: retry).
 // Afterwards w's flags tell what happened. A handler that returns 0 without sleeping through the
