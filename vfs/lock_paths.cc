@@ -259,6 +259,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
     // SQLite grants any free write lock, whoever waits.
     if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/false) ==
         Coordinator::Grant::kGranted) {
+      p->upgraded = true;
       return SQLITE_OK;
     }
     c.FastFail(t);
@@ -294,6 +295,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
 void MaybeEndWalPeriod(ShimFile* p) {
   if (p->read_marks != 0 || (p->turn_reasons & kReasonWrite) != 0 || p->pre_read_turn) return;
   p->turn_gave_up = false;
+  p->upgraded = false;
   DropReason(p, kReasonTxn);
 }
 
@@ -453,7 +455,7 @@ int LockPathLock(ShimFile* p, int level) {
     if (rc == SQLITE_OK) p->level = SQLITE_LOCK_RESERVED;
     return rc;
   }
-  if (level == SQLITE_LOCK_EXCLUSIVE && p->level >= SQLITE_LOCK_RESERVED) {
+  if (level == SQLITE_LOCK_EXCLUSIVE && p->level >= SQLITE_LOCK_RESERVED && !p->upgraded) {
     // Commit: wait here for the readers to leave (SQLite would retry this through the busy
     // handler; waiting here wakes on each reader's release instead of sleeping).
     rc = WaitAtSafePoint(
@@ -466,8 +468,11 @@ int LockPathLock(ShimFile* p, int level) {
     NoteExclusiveResult(p, rc);
     return rc;
   }
-  // SHARED->EXCLUSIVE (hot-journal rollback, or closing the last WAL connection): SQLite
-  // tries once and never retries; forward as is.
+  // A read-then-write transaction's commit waits as in stock SQLite (the pager retries it
+  // through the busy handler): measured with bench_locks' deferred row, waking it at each
+  // reader's release let more read transactions overlap its successors, and 30% more of them
+  // failed than with stock. SHARED->EXCLUSIVE (hot-journal rollback, or closing the last WAL
+  // connection): SQLite tries once and never retries. Both forward as is.
   rc = o->pMethods->xLock(o, level);
   if (level == SQLITE_LOCK_EXCLUSIVE) {
     NoteExclusiveResult(p, rc);
@@ -486,7 +491,10 @@ int LockPathUnlock(ShimFile* p, int level) {
   // unlocks again: keeping the turn here would keep it until the file closed.
   const int rc = o->pMethods->xUnlock(o, level);
   p->level = level;
-  if (level < SQLITE_LOCK_RESERVED) DropReason(p, kReasonWrite);
+  if (level < SQLITE_LOCK_RESERVED) {
+    p->upgraded = false;
+    DropReason(p, kReasonWrite);
+  }
   if (level == SQLITE_LOCK_NONE) {
     // The lock period ends. In WAL mode it is the read mark's period (see ShmLock), but a
     // turn taken at the first SHARED must not outlive the connection's locks either.

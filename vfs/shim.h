@@ -63,6 +63,7 @@ struct ShimFile {
   // fails at once rather than wait a second timeout.
   bool turn_gave_up = false;
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
+  bool upgraded = false;   // rollback: this write transaction began as a read (an upgrade)
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
   // The current refused request, until it is granted or fails (owned by vfs/refusal.cc).
