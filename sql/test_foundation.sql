@@ -39,6 +39,7 @@ select 'cfg_01', safeconc_config('safeconc_txn', 'IMMEDIATE') = 'immediate';
 select 'cfg_02', safeconc_config('safeconc_txn') = 'immediate';
 select 'cfg_03', safeconc_config('safeconc_call_timeout', 2500) = '2500';
 select 'cfg_04', safeconc_config('safeconc_txn', 'deferred') = 'deferred';
+select 'cfg_05', safeconc_config('safeconc_fair_ms') = '5';
 
 -- `?vfs=unix` opts out: the file is not in safeconc's registry.
 .open file:plain.db?vfs=unix

@@ -25,7 +25,7 @@ enum class TxnMode : int64_t { kDeferred = 0, kImmediate = 1, kSerial = 2 };
 constexpr int64_t kMaxMillis = 86400000;  // one day
 constexpr int64_t kMaxFairMillis = 1000;  // safeconc_fair_ms: past a second fairness is moot
 // safeconc_fair_ms's default: see vfs/timing.h for the measurement behind it.
-constexpr int64_t kDefaultFairMillis = 2;
+constexpr int64_t kDefaultFairMillis = 5;
 
 // The knob's SQL/URI name, e.g. "safeconc_timeout".
 const char* KnobName(Knob k);
