@@ -13,6 +13,11 @@ namespace {
 
 thread_local BusyRecord t_busy;
 
+// Guards every ShimFile::last_busy: under shared cache one file's failures are written by
+// whichever connection of the cache was refused, and read by safeconc_last_busy() on another.
+// A leaf; taken only on a failure and by the SQL function.
+Mutex g_last_busy_mu;
+
 int64_t Millis(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
 }
@@ -133,11 +138,17 @@ void RecordFailure(ShimFile* p, const char* lock, Outcome why, const char* what)
       .Field("thread", static_cast<int64_t>(CurrentThreadId()))
       .Field("message", message)
       .EndObject();
-  p->last_busy = w.str();
+  {
+    MutexLock l(&g_last_busy_mu);
+    p->last_busy = w.str();
+  }
   sqlite3_log(SQLITE_BUSY, "safeconc: %s: %s lock %s: %s", p->path, lock, OutcomeName(why),
               message.c_str());
 }
 
-std::string LastBusyJson(ShimFile* p) { return p->last_busy; }
+std::string LastBusyJson(ShimFile* p) {
+  MutexLock l(&g_last_busy_mu);
+  return p->last_busy;
+}
 
 }  // namespace safeconc

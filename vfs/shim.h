@@ -75,7 +75,9 @@ struct ShimFile {
     Clock::time_point last;      // latest refusal (a retry comes back within kStaleTicket)
     Clock::time_point deadline;  // arrived + safeconc_timeout
   } pending;
-  std::string last_busy;  // JSON: why this connection's last lock request failed ("" if none)
+  // JSON: why this connection's last lock request failed ("" if none). Guarded by a mutex in
+  // vfs/refusal.cc (under shared cache other connections read it).
+  std::string last_busy;
   // Misuse detection: the thread inside a method of this file (the address of a thread-local,
   // 0 if none). Plain relaxed load/store, no read-modify-write: correct use is serialised by
   // SQLite's own mutexes (connection or shared-cache btree), whose release/acquire orders one
