@@ -27,25 +27,6 @@ int64_t MsSince(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
-// A one-shot latch (tests synchronise on these, never on sleeps).
-class Latch {
- public:
-  void Open() {
-    std::lock_guard<std::mutex> l(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return open_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
 // A connection on its own thread that takes the write lock (BEGIN IMMEDIATE + a write) and
 // keeps it until told to commit.
 class Writer {
@@ -66,7 +47,7 @@ class Writer {
   }
 
  private:
-  Latch holding_, release_;
+  sctest::Latch holding_, release_;
   std::thread th_;
 };
 
@@ -111,7 +92,7 @@ class WriterUntilWaited {
   bool committing() const { return committing_.load(); }
 
  private:
-  Latch holding_;
+  sctest::Latch holding_;
   std::atomic<bool> committing_{false};
   std::thread th_;
 };
@@ -513,7 +494,7 @@ TEST(CoordinatorLifetime, StaleRefusalRecordOfAClosedFileIsNotFollowed) {
   c.Must("PRAGMA wal_autocheckpoint=0; ATTACH 'file:" + aux_db + "?safeconc_timeout=100' AS aux");
   sctest::Db holder(aux_db);
   holder.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES(2)");  // aux's write turn
-  Latch refused, snapshot_held;
+  sctest::Latch refused, snapshot_held;
   std::atomic<int> checkpoint_rc{-1};
   std::thread worker([&] {
     sqlite3_busy_timeout(c.get(), 50);  // the binding's handler: it gives up after 50 ms

@@ -63,25 +63,6 @@ int Scaled(int n) {
   return std::max(1, n / divisor);
 }
 
-// A one-shot latch (tests synchronise on these, never on sleeps).
-class Latch {
- public:
-  void Open() {
-    std::lock_guard<std::mutex> l(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return open_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
 // Starts `n` threads running body(i) together: each opens what it needs first, then all wait
 // for the last one to be ready, so the contended part starts at the same moment.
 template <typename Body>
@@ -306,7 +287,7 @@ TEST_P(CoordinatorV2Handoff, WriteWaitsForTransactionCommittedByAnotherThread) {
   a.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES('a')");
   std::atomic<bool> committing{false};
   std::atomic<int> commit_rc{-1};
-  Latch started;
+  sctest::Latch started;
   std::thread pool_thread([&] {
     started.Open();
     // The scenario itself: the pool thread finishes A's transaction 200 ms later.
@@ -373,7 +354,7 @@ class WriteLockHolder {
 
  private:
   std::unique_ptr<sctest::Db> db_;
-  Latch holding_, release_;
+  sctest::Latch holding_, release_;
   std::thread th_;
 };
 
