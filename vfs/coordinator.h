@@ -115,7 +115,9 @@ class Coordinator {
   enum class Grant { kGranted, kQueued, kTimeout, kRefused };
   enum class CancelWhy { kClosed, kTimeout, kGaveUp };
 
-  // Waits (parked, at a safe point) until t holds the turn, or `deadline` (kTimeout).
+  // Waits (parked, at a safe point) until t holds the turn, or `deadline` (kTimeout: t keeps
+  // its place in line, for a wait that goes on after asking the busy handler; Cancel() it when
+  // giving up).
   // `fair` is t's fairness bound. `pre_read`: taken before a WAL read start whose read mark is
   // not held yet; revocable after timing::kPreReadLease until ReadStarted(t) (if that read
   // start fails, SQLite may never call this handle again to give the turn back).
@@ -139,11 +141,9 @@ class Coordinator {
   // Busy-handler side: parks until t may take the turn (kReady) or `until` (kTimedOut).
   // kNotQueued at once if t is not in line.
   enum class TurnWait { kReady, kTimedOut, kNotQueued };
-  // `claims_here`: the caller takes the turn itself right after kReady (an in-lock wait), so
-  // a turn reserved for t needs no lapse watch; otherwise t leaves to claim it through
-  // SQLite's retry, and the next waiter is told to time its sleep to the reservation's end.
-  TurnWait WaitForTurn(Ticket* t, Clock::time_point until, bool claims_here = false)
-      SC_EXCLUDES(mu_);
+  // t leaves to claim the turn through SQLite's retry: if the turn is reserved for t, the next
+  // waiter is told to time its sleep to the reservation's end in case t never comes back.
+  TurnWait WaitForTurn(Ticket* t, Clock::time_point until) SC_EXCLUDES(mu_);
   // Takes t out of the line (if queued) and counts why.
   void Cancel(Ticket* t, CancelWhy why) SC_EXCLUDES(mu_);
   // The file closed: leave every list, never hold the turn again.

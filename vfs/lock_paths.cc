@@ -206,18 +206,8 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
            Coordinator::Grant::kGranted;
   };
   const bool got = WaitInLock(p, lock, take, [&](uint64_t, Clock::time_point until) {
-    // Parked in line (keeping its place) until the turn may be ours, then take it.
-    for (;;) {
-      switch (c.WaitForTurn(t, until, /*claims_here=*/true)) {
-        case Coordinator::TurnWait::kReady:
-        case Coordinator::TurnWait::kNotQueued:  // left the line (stale): back in, then wait
-          if (take()) return true;
-          if (Clock::now() >= until) return false;
-          break;
-        case Coordinator::TurnWait::kTimedOut:
-          return false;
-      }
-    }
+    // Parked in line (keeping its place on a timeout) and granted where it wakes.
+    return c.AcquireTurn(t, until, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted;
   });
   if (got) {
     TakeReason(p, kReasonTxn);
