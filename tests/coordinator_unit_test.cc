@@ -5,6 +5,8 @@
 #include "vfs/coordinator.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
 #include <ctime>
@@ -104,26 +106,56 @@ TEST(CoordinatorLine, FairZeroIsStrictFifo) {
   EXPECT_EQ(f.Stat("waits"), kWaiters);
 }
 
+// Runs the calling thread on `cpu` only; with `idle`, also in SCHED_IDLE, so that when woken
+// it never preempts a normal thread on that CPU. Returns false where the system refuses.
+bool PinThread(int cpu, bool idle) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (pthread_setaffinity_np(pthread_self(), sizeof(one), &one) != 0) return false;
+  if (!idle) return true;
+  sched_param param{};
+  return pthread_setschedparam(pthread_self(), SCHED_IDLE, &param) == 0;
+}
+
 // Within the bound, a running writer retakes the turn it just released ahead of a waiter (a
 // warm cache, no context switch); the waiter is woken and gets it when the writer stops.
 // Would catch a coordinator that still hands off on every release.
+//
+// Whether the woken waiter or the writer gets to the turn first is up to the scheduler (on a
+// loaded machine the freshly woken waiter often preempts the writer). To make the writer's
+// retake the likely outcome, both run on one CPU and the waiter in SCHED_IDLE, which never
+// preempts the writer: the waiter runs when the writer sleeps. Where pinning is refused, the
+// attempts are plain races, repeated.
 TEST(CoordinatorLine, RunningWriterBargesWithinTheBound) {
   Fixture f;
   Ticket *writer = f.New(), *waiter = f.New();
+  cpu_set_t saved;
+  const bool have_saved = pthread_getaffinity_np(pthread_self(), sizeof(saved), &saved) == 0;
+  int cpu = -1;
+  for (int i = 0; have_saved && i < CPU_SETSIZE && cpu < 0; ++i) {
+    if (CPU_ISSET(i, &saved)) cpu = i;
+  }
+  const bool pinned = cpu >= 0 && PinThread(cpu, /*idle=*/false);
+  // Lets an idle-class waiter run (a yield might not).
+  auto sleep_until = [](const std::function<bool()>& cond) {
+    while (!cond()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  };
   int retaken = 0;
   // Each attempt: the writer holds the turn, a waiter parks behind it, and the writer releases
   // and retakes while the waiter is parked. Retakes until the woken waiter happens to be
   // quicker (also allowed); a new attempt if that happened before any retake.
-  for (int attempt = 0; attempt < 20 && f.Stat("barges") == 0; ++attempt) {
+  for (int attempt = 0; attempt < 200 && f.Stat("barges") == 0; ++attempt) {
     Take(f, writer, 1);
     std::atomic<bool> waiter_done{false};
     std::thread th([&] {
+      if (pinned) PinThread(cpu, /*idle=*/true);
       EXPECT_EQ(f.c->AcquireTurn(waiter, In(milliseconds(60000)), 2, kNeverFair), Grant::kGranted);
       f.c->ReleaseTurn(waiter);
       waiter_done = true;
     });
     for (int i = 0; i < 100; ++i) {
-      WaitUntil([&] { return f.c->Rest().parked == 1 || waiter_done.load(); });
+      sleep_until([&] { return f.c->Rest().parked == 1 || waiter_done.load(); });
       const bool waiter_gone = waiter_done.load();  // it took the turn and left meanwhile
       f.c->ReleaseTurn(writer);
       if (waiter_gone ||
@@ -136,9 +168,10 @@ TEST(CoordinatorLine, RunningWriterBargesWithinTheBound) {
     th.join();
     f.c->ReleaseTurn(writer);  // if the last retake came after the waiter left
   }
+  if (have_saved) pthread_setaffinity_np(pthread_self(), sizeof(saved), &saved);
   // A retake that passed the parked waiter is a barge, with that waiter's wait recorded. (A
   // retake after the woken waiter took the turn and left is not one.)
-  EXPECT_GT(f.Stat("barges"), 0);
+  EXPECT_GT(f.Stat("barges"), 0) << "pinned: " << pinned;
   EXPECT_LE(f.Stat("barges"), retaken);
   EXPECT_GE(f.Stat("max_overtaken_wait_us"), 0);
   EXPECT_LT(f.Stat("max_overtaken_wait_us"), 600000000);
