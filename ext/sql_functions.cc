@@ -3,6 +3,8 @@
 //   safeconc_stats()                -> JSON: the VFS, process-wide and per-database counters
 //   safeconc_config(name[, value])  -> reads / sets the process-wide default of a knob
 //   safeconc_last_busy()            -> JSON: why this connection's last lock request failed
+//   safeconc_waiters([path])        -> JSON: who holds and who waits for the write turn of a
+//                                      database file, in every process (its sidecar)
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
@@ -17,6 +19,7 @@ SQLITE_EXTENSION_INIT3
 #include "vfs/locking.h"
 #include "vfs/misuse.h"
 #include "vfs/shim.h"
+#include "vfs/xproc.h"
 
 namespace safeconc {
 namespace {
@@ -99,6 +102,27 @@ void LastBusyFunc(sqlite3_context* ctx, int, sqlite3_value**) {
   }
 }
 
+// For an operator asking "who is holding my database": the holder and the waiters of every
+// process, read from the sidecar of `path` (default: this connection's main database).
+void WaitersFunc(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  try {
+    const char* path = argc > 0 ? reinterpret_cast<const char*>(sqlite3_value_text(argv[0]))
+                                : sqlite3_db_filename(sqlite3_context_db_handle(ctx), "main");
+    if (path == nullptr || path[0] == '\0') {
+      sqlite3_result_error(ctx, "safeconc_waiters: no database file (give its path)", -1);
+      return;
+    }
+    std::string json, err;
+    if (!CrossProcess::Describe(path, &json, &err)) {
+      sqlite3_result_error(ctx, ("safeconc_waiters: " + err).c_str(), -1);
+      return;
+    }
+    ResultString(ctx, json);
+  } catch (...) {
+    sqlite3_result_error_nomem(ctx);
+  }
+}
+
 struct FuncDef {
   const char* name;
   int nargs;
@@ -114,6 +138,8 @@ const FuncDef kFuncs[] = {
     {"safeconc_config", 1, SQLITE_UTF8 | SQLITE_DIRECTONLY, ConfigFunc},
     {"safeconc_config", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, ConfigFunc},
     {"safeconc_last_busy", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, LastBusyFunc},
+    {"safeconc_waiters", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, WaitersFunc},
+    {"safeconc_waiters", 1, SQLITE_UTF8 | SQLITE_DIRECTONLY, WaitersFunc},
 };
 
 }  // namespace

@@ -47,8 +47,15 @@ bool BindingHandlerSeen(sqlite3* db) {
   return g_binding_seen != nullptr && g_binding_seen->count(db) != 0;
 }
 
-// Sleeps up to `d`, waking early if anything is released in p's database.
-void BackoffSleep(Coordinator& c, Clock::duration d) {
+// Sleeps up to `d`, waking early if anything is released in p's database: in this process,
+// or (through the sidecar) in another that loads libsafeconc.
+void BackoffSleep(ShimFile* p, Clock::duration d) {
+  CrossProcess& xp = p->entry->xproc();
+  if (xp.Attached()) {
+    xp.WaitForChange(xp.Seq(), Clock::now() + d);
+    return;
+  }
+  Coordinator& c = *p->ticket->coord;
   c.WaitForChange(c.Generation(), Clock::now() + d);
 }
 
@@ -181,7 +188,7 @@ int BusyHandler(void* arg, int count) {
         return 0;
       }
       BackoffSleep(
-          c, std::min<Clock::duration>(timing::PollStep(r.polls++), r.deadline - Clock::now()));
+          p, std::min<Clock::duration>(timing::PollStep(r.polls++), r.deadline - Clock::now()));
       return 1;
     case BusyKind::kFinal:
       break;

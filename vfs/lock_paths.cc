@@ -45,6 +45,31 @@ constexpr int kWalReadLocks = 5;
 
 Coordinator& Coord(ShimFile* p) { return *p->ticket->coord; }
 
+Clock::duration Fair(ShimFile* p) { return std::chrono::milliseconds(p->knobs.Get(Knob::kFairMs)); }
+
+CrossProcess& Xp(ShimFile* p) { return p->entry->xproc(); }
+
+// Is the turn busy here or in another process? (Then a lock period that will write waits
+// for it at its start, a safe point.)
+bool Contended(ShimFile* p) { return Coord(p).Contended() || Xp(p).Contended(); }
+
+// After the in-process turn, the shared one (other processes, vfs/xproc.h). True when held,
+// or when the sidecar cannot be had (no sidecar, its mutex not available in time): the base
+// lock then decides, as without it. `until`: wait in the shared line until then; none: only
+// a free turn a newcomer may take.
+bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until) {
+  const CrossProcess::Grant g = until != nullptr
+                                    ? Xp(p).Take(p->handle_id, tid, Fair(p), *until)
+                                    : Xp(p).TryTake(p->handle_id, tid, Fair(p), /*upgrade=*/false);
+  return g == CrossProcess::Grant::kGranted || g == CrossProcess::Grant::kUnavailable;
+}
+
+// Gives back the write turn: the in-process one and the shared one.
+void ReleaseTurns(ShimFile* p) {
+  Coord(p).ReleaseTurn(p->ticket.get());
+  Xp(p).Release(p->handle_id);
+}
+
 // Skips blanks and SQL comments.
 const char* SkipSpace(const char* z) {
   for (;;) {
@@ -107,7 +132,7 @@ bool TxnWantsTurn(ShimFile* p) {
   }
   // Only worth a look at the running statements when the turn is busy: otherwise the write
   // lock request that follows gets the turn at once anyway.
-  return Coord(p).Contended() && StatementWillWrite(db);
+  return Contended(p) && StatementWillWrite(db);
 }
 
 // The transaction state of the connection's schema that p is the file of; the highest of all
@@ -136,15 +161,13 @@ bool WillRetry(ShimFile* p) {
   return db != nullptr && TxnStateOf(p, db) == SQLITE_TXN_NONE;
 }
 
-Clock::duration Fair(ShimFile* p) { return std::chrono::milliseconds(p->knobs.Get(Knob::kFairMs)); }
-
 void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
 
 void DropReason(ShimFile* p, unsigned reason) {
   if (reason & kReasonTxn) p->pre_read_turn = false;
   if ((p->turn_reasons & reason) == 0) return;
   p->turn_reasons &= ~reason;
-  if (p->turn_reasons == 0) Coord(p).ReleaseTurn(p->ticket.get());
+  if (p->turn_reasons == 0) ReleaseTurns(p);
 }
 
 // Records the thread of this handle's lock call: diagnostics say where a holder was last used.
@@ -194,20 +217,27 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
   if (p->turn_gave_up || c.HolderLastOnThread(t, tid)) {
     if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false, pre_read) ==
         Coordinator::Grant::kGranted) {
-      TakeReason(p, kReasonTxn);
-      return true;
+      if (TakeShared(p, tid, nullptr)) {
+        TakeReason(p, kReasonTxn);
+        return true;
+      }
+      c.ReleaseTurn(t);
     }
     c.CountTurnSkipped();
     return false;
   }
   const bool had_refusal = RefusalActive(p);
+  // The in-process turn first (a handle that got it keeps it across the tries), then the
+  // shared one: one waiter per process in the shared line.
   auto take = [&] {
     return c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read) ==
-           Coordinator::Grant::kGranted;
+               Coordinator::Grant::kGranted &&
+           TakeShared(p, tid, nullptr);
   };
   const bool got = WaitInLock(p, lock, take, [&](uint64_t, Clock::time_point until) {
     // Parked in line (keeping its place on a timeout) and granted where it wakes.
-    return c.AcquireTurn(t, until, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted;
+    return c.AcquireTurn(t, until, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted &&
+           TakeShared(p, tid, &until);
   });
   if (got) {
     TakeReason(p, kReasonTxn);
@@ -215,6 +245,7 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
     ClearRefusal(p);
     return true;
   }
+  c.ReleaseTurn(t);  // held if only the shared turn could not be had
   c.Cancel(t, Coordinator::CancelWhy::kTimeout);
   c.CountTurnSkipped();
   RecordFailure(p, lock, Outcome::kTimeout, "the write turn");
@@ -223,6 +254,13 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
   // request, except the refusal it was a retry of.
   if (!had_refusal) ClearRefusal(p);
   return false;
+}
+
+// A write SQLite does not retry takes the shared turn if it is free at all, as stock SQLite
+// grants a free write lock; held by another process, the base lock decides (as without the
+// sidecar): the sidecar must not fail what stock SQLite would serve.
+void UpgradeShared(ShimFile* p, uint64_t tid) {
+  Xp(p).TryTake(p->handle_id, tid, Fair(p), /*upgrade=*/true);
 }
 
 // Asks for the write turn where waiting is unsafe (the connection holds a read lock).
@@ -239,6 +277,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
     // parks, so it is skipped by everyone and goes stale).
     if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/true) ==
         Coordinator::Grant::kGranted) {
+      UpgradeShared(p, tid);
       return SQLITE_OK;
     }
     NoteRefusal(p, lock, BusyKind::kTurn);
@@ -250,6 +289,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
     if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/false) ==
         Coordinator::Grant::kGranted) {
       p->upgraded = true;
+      UpgradeShared(p, tid);
       return SQLITE_OK;
     }
     c.FastFail(t);
@@ -262,6 +302,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
     // (safeconc_last_busy() tells of that wait): a second wait would double it.
     if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false) ==
         Coordinator::Grant::kGranted) {
+      UpgradeShared(p, tid);
       return SQLITE_OK;
     }
     NoteRefusal(p, lock, BusyKind::kFinal);
@@ -269,7 +310,12 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
   }
   if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true) ==
       Coordinator::Grant::kGranted) {
-    return SQLITE_OK;
+    if (TakeShared(p, tid, nullptr)) return SQLITE_OK;
+    // Another process has the turn (or its waiter is past its bound): SQLite retries after
+    // the busy handler, which waits for a release there; first place here is kept.
+    c.YieldTurnKeepPlace(t);
+    NoteRefusal(p, lock, BusyKind::kCross);
+    return SQLITE_BUSY;
   }
   NoteRefusal(p, lock, BusyKind::kTurn);
   return SQLITE_BUSY;
@@ -311,11 +357,14 @@ int BaseForTurnHolder(Attempt attempt) {
 // (a read transaction is open): the request has failed; give back a turn taken for it.
 void BaseRefused(ShimFile* p, const char* lock, bool took) {
   if (WillRetry(p)) {
-    if (took) Coord(p).YieldTurnKeepPlace(p->ticket.get());
+    if (took) {
+      Coord(p).YieldTurnKeepPlace(p->ticket.get());
+      Xp(p).Release(p->handle_id);
+    }
     NoteRefusal(p, lock, BusyKind::kCross);
     return;
   }
-  if (took) Coord(p).ReleaseTurn(p->ticket.get());
+  if (took) ReleaseTurns(p);
   Coord(p).CountBusyReturn(/*cross_process=*/true);
   ClearRefusal(p);
   RecordFailure(p, lock, Outcome::kBusy, "the write lock");
@@ -336,7 +385,7 @@ int WriteStart(ShimFile* p, const char* lock, Attempt attempt) {
     return rc;
   }
   if (rc != SQLITE_OK) {
-    if (!held) Coord(p).ReleaseTurn(p->ticket.get());
+    if (!held) ReleaseTurns(p);
     return rc;
   }
   ClearRefusal(p);
@@ -361,15 +410,25 @@ int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, InProcess in
     rc = attempt();
     return rc != SQLITE_BUSY;
   };
+  CrossProcess& xp = Xp(p);
+  uint32_t xseq = xp.Seq();
   const bool ok = WaitInLock(p, lock, try_once, [&](uint64_t gen, Clock::time_point until) {
     // In-process holders wake us on release; poll now and then anyway in case another
-    // process holds the lock too.
+    // process holds the lock too. A holder in another process wakes us through the sidecar
+    // (if it loads libsafeconc); the poll steps stay for those that do not.
     for (;;) {
+      const bool here = in_process();
       const Clock::duration step =
-          in_process() ? Clock::duration(timing::kInProcessRecheck) : timing::PollStep(polls);
+          here ? Clock::duration(timing::kInProcessRecheck) : timing::PollStep(polls);
       ++polls;
-      c.WaitForChange(gen, std::min(until, Clock::now() + step), one_at_a_time);
+      const Clock::time_point wake = std::min(until, Clock::now() + step);
+      if (here || !xp.Attached()) {
+        c.WaitForChange(gen, wake, one_at_a_time);
+      } else {
+        xp.WaitForChange(xseq, wake);
+      }
       gen = c.Generation();
+      xseq = xp.Seq();
       if (try_once()) return true;
       if (Clock::now() >= until) return false;
     }
@@ -491,6 +550,7 @@ int LockPathUnlock(ShimFile* p, int level) {
     p->turn_gave_up = false;
     DropReason(p, kReasonTxn);
     Coord(p).ReaderLeave(p->ticket.get());
+    Xp(p).NotifyChange();  // a commit in another process may wait for this read to end
   }
   // Readers refused by our PENDING/EXCLUSIVE may go on now (also when it was held outside
   // the turn, as a hot-journal rollback does).
@@ -577,6 +637,7 @@ void LockPathShmBarrier(ShimFile* p) {
 
 void LockPathClose(ShimFile* p) {
   ClearRefusal(p);
+  Xp(p).Release(p->handle_id);
   Coord(p).Close(p->ticket.get());
   p->turn_reasons = 0;
 }

@@ -114,7 +114,16 @@ void ClearRefusal(ShimFile* p) {
 void RecordFailure(ShimFile* p, const char* lock, Outcome why, const char* what) {
   const BlockerInfo b = p->ticket->coord->Blocker();
   const int64_t waited = p->pending.active ? Millis(Clock::now() - p->pending.arrived) : 0;
-  const std::string message = Message(why, what, waited, b);
+  std::string message = Message(why, what, waited, b);
+  // A holder in another process, known through the sidecar (vfs/xproc.h).
+  int32_t xpid = 0;
+  uint64_t xtid = 0;
+  int64_t xheld = 0;
+  const bool other = p->entry->xproc().OtherHolder(&xpid, &xtid, &xheld);
+  if (other) {
+    message += "; the write turn is held by process " + std::to_string(xpid) + " (thread " +
+               std::to_string(xtid) + ") for " + std::to_string(xheld) + " ms";
+  }
   JsonWriter w;
   w.BeginObject()
       .Field("lock", std::string(lock))
@@ -128,6 +137,16 @@ void RecordFailure(ShimFile* p, const char* lock, Outcome why, const char* what)
         .Field("held_ms", b.held_ms)
         .Key("this_thread")
         .Bool(b.holder_last_tid == CurrentThreadId())
+        .EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("other_process");
+  if (other) {
+    w.BeginObject()
+        .Field("pid", xpid)
+        .Field("thread", static_cast<int64_t>(xtid))
+        .Field("held_ms", xheld)
         .EndObject();
   } else {
     w.Null();

@@ -70,6 +70,7 @@ void Registry::WriteEntryLocked(JsonWriter& w, const DbEntry& e) {
   t.WriteJson(w);
   w.Key("coordinator");
   e.coordinator()->WriteJson(w);  // lock order: Registry::mu_ before Coordinator::mu_
+  e.xproc().WriteJson(w);
   w.EndObject();
 }
 

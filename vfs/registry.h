@@ -5,7 +5,8 @@
 //
 // Mutex rules: Registry::mu_ guards the map, every entry's handle list and every entry's
 // retired counters. Nothing is called out of this file while mu_ is held (no SQLite call,
-// no callback). Lock order: Registry::mu_ is a leaf.
+// no callback). Lock order: Registry::mu_ before Coordinator::mu_, CrossProcess::mu_ and the
+// sidecar's mutex (diagnostics; the sidecar's is waited for at most kXprocMutexWait).
 #ifndef SAFECONC_VFS_REGISTRY_H
 #define SAFECONC_VFS_REGISTRY_H
 
@@ -22,6 +23,7 @@
 #include "vfs/coordinator.h"
 #include "vfs/json.h"
 #include "vfs/sync.h"
+#include "vfs/xproc.h"
 
 namespace safeconc {
 
@@ -65,12 +67,15 @@ class DbEntry {
   const FileId& id() const { return id_; }
   const std::string& path() const { return path_; }  // the path of the first open
   const std::shared_ptr<Coordinator>& coordinator() const { return coord_; }
+  // This process's handle on the file's sidecar (attached by the first writable open).
+  CrossProcess& xproc() const { return xproc_; }
 
  private:
   friend class Registry;
   const FileId id_;
   const std::string path_;
   const std::shared_ptr<Coordinator> coord_;
+  mutable CrossProcess xproc_;  // thread-safe on its own (vfs/xproc.h)
   // Guarded by Registry::mu_ (an annotation cannot name another object's member here).
   std::vector<const LockCounters*> handles_;  // live handles' counters
   LockTotals retired_;                        // counters of closed handles

@@ -101,6 +101,12 @@ int ShimOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags
     f->pMethods = nullptr;
     return SQLITE_NOMEM;
   }
+  // Cross-process coordination, for a file this connection may write (never fails the open).
+  const int opened = out_flags != nullptr ? *out_flags : flags;
+  const bool writable =
+      (flags & SQLITE_OPEN_READONLY) == 0 && (opened & SQLITE_OPEN_READONLY) == 0 &&
+      !sqlite3_uri_boolean(name, "nolock", 0) && !sqlite3_uri_boolean(name, "immutable", 0);
+  p->entry->xproc().Attach(name, writable);
   p->base.pMethods = ShimMethods(o->pMethods->iVersion);
   return SQLITE_OK;
 }

@@ -82,6 +82,22 @@ constexpr microseconds kBaseRetryLast{5120};
 // SQLite's busy handler sleeping for it: it returns at once so the handler gives up quickly.
 constexpr milliseconds kFinalSleepWindow{100};
 
+// ---- Across processes (vfs/xproc.h) ------------------------------------------------------
+
+// A waiter in the shared line wakes at least this often (a release anywhere wakes it at
+// once): it refreshes its slot and checks that the holder's process is still alive, so a
+// holder killed with SIGKILL costs the others at most about this long.
+constexpr milliseconds kXprocRecheck{25};
+
+// A slot whose waiter has not been awake for this long (a stopped or killed process) is
+// skipped in the line; a dead one is freed.
+constexpr milliseconds kXprocStale{250};
+
+// Longest wait for the sidecar's mutex. It is held for microseconds; past this, its holder is
+// stopped (SIGSTOP, a debugger) and the request goes on without the sidecar, as stock SQLite
+// would: the sidecar may change order and wake-ups, never make anything wait longer.
+constexpr milliseconds kXprocMutexWait{50};
+
 }  // namespace timing
 }  // namespace safeconc
 

@@ -1,0 +1,557 @@
+// xproc.cc - the shared write turn's protocol over the sidecar (model in xproc.h): the line,
+// its fairness, futex wake-ups, liveness checks and repair after a crash.
+#include "vfs/xproc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "vfs/timing.h"
+
+namespace safeconc {
+
+using namespace xproc;  // NOLINT: this file is the protocol of that namespace's layout
+
+namespace {
+
+constexpr int64_t Ns(std::chrono::nanoseconds d) { return d.count(); }
+
+// getpid(), kept across calls and refreshed in a forked child.
+std::atomic<int32_t> g_pid{0};
+int32_t MyPid() {
+  int32_t pid = g_pid.load(std::memory_order_relaxed);
+  if (pid == 0) {
+    static const bool registered = [] {
+      pthread_atfork(nullptr, nullptr, [] { g_pid.store(getpid(), std::memory_order_relaxed); });
+      return true;
+    }();
+    (void)registered;
+    pid = getpid();
+    g_pid.store(pid, std::memory_order_relaxed);
+  }
+  return pid;
+}
+
+void FutexWait(std::atomic<uint32_t>* word, uint32_t seen, int64_t timeout_ns) {
+  if (timeout_ns <= 0) return;
+  timespec ts{static_cast<time_t>(timeout_ns / 1000000000), static_cast<long>(timeout_ns % 1000000000)};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, seen, &ts, nullptr, 0);
+}
+
+void FutexWake(std::atomic<uint32_t>* word, int n) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, n, nullptr, nullptr, 0);
+}
+
+// Wakes the waiter of slot `i` (if any) and everyone waiting for a change.
+void WakeSlot(XShared* s, int i) {
+  if (i < 0 || i >= kSlots) return;
+  s->wake[i].fetch_add(1, std::memory_order_release);
+  FutexWake(&s->wake[i], 1);
+}
+
+void BumpSeq(XShared* s) {
+  s->seq.fetch_add(1, std::memory_order_seq_cst);
+  if (s->seq_waiters.load(std::memory_order_seq_cst) > 0) FutexWake(&s->seq, INT_MAX);
+}
+
+bool Live(const Slot& u, int64_t now) {
+  return u.state == kWaiting && now - u.seen_ns < Ns(timing::kXprocStale);
+}
+
+// The first live waiter in arrival order that arrived before `before` (all if UINT64_MAX),
+// other than slot `except`; -1 if none.
+int FrontLocked(XShared* s, int64_t now, int except, uint64_t before) SC_REQUIRES(s->mu) {
+  int best = -1;
+  for (int i = 0; i < kSlots; ++i) {
+    const Slot& u = s->slots[i];
+    if (i == except || !Live(u, now) || u.order >= before) continue;
+    if (best < 0 || u.order < s->slots[best].order) best = i;
+  }
+  return best;
+}
+
+int AheadOfLocked(XShared* s, int slot, int64_t now) SC_REQUIRES(s->mu) {
+  return FrontLocked(s, now, slot, slot >= 0 ? s->slots[slot].order : UINT64_MAX);
+}
+
+void FreeSlotLocked(XShared* s, int i) SC_REQUIRES(s->mu) {
+  if (s->slots[i].state == kFree) return;
+  s->slots[i].state = kFree;
+  s->waiting_hint.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// Every field back in range and dead processes out: after a process died inside an update
+// (EOWNERDEAD), or when a field is found out of range.
+void RepairLocked(XShared* s) SC_REQUIRES(s->mu) {
+  ++s->repairs;
+  if (s->holder_pid < 0 ||
+      (s->holder_pid != 0 && !ProcessAlive(s->holder_pid, s->holder_pstart))) {
+    if (s->holder_pid != 0) ++s->dead_holders;
+    s->holder_pid = 0;
+  }
+  uint32_t waiting = 0;
+  for (int i = 0; i < kSlots; ++i) {
+    Slot& u = s->slots[i];
+    if (u.state == kWaiting && ProcessAlive(u.pid, u.pstart)) {
+      ++waiting;
+    } else {
+      if (u.state == kWaiting) ++s->dead_waiters;
+      u.state = kFree;
+    }
+  }
+  if (s->reserved < -1 || s->reserved >= kSlots ||
+      (s->reserved >= 0 && s->slots[s->reserved].state != kWaiting)) {
+    s->reserved = -1;
+  }
+  s->waiting_hint.store(waiting, std::memory_order_relaxed);
+  s->holder_hint.store(s->holder_pid, std::memory_order_relaxed);
+}
+
+// The turn is free: reserves it for the front waiter if that one has waited its bound.
+// Returns the slot to wake (the reserved one, or the front), -1 if none.
+int OnFreeLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) {
+  s->released_at_ns = now;
+  if (s->reserved >= 0 &&
+      (s->slots[s->reserved].state != kWaiting || now >= s->reserved_until_ns)) {
+    ++s->claim_lapsed;
+    s->reserved = -1;
+  }
+  if (s->reserved >= 0) return s->reserved;
+  const int f = FrontLocked(s, now, -1, UINT64_MAX);
+  if (f >= 0 && now - s->slots[f].arrived_ns >= s->slots[f].fair_ns) {
+    s->reserved = f;
+    s->reserved_until_ns = now + Ns(timing::kClaimLease);
+  }
+  return f;
+}
+
+int ReleaseLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) {
+  s->holder_pid = 0;
+  s->holder_ticket = 0;
+  s->holder_hint.store(0, std::memory_order_relaxed);
+  return OnFreeLocked(s, now);
+}
+
+// A holder in another process that has held the turn a while is checked for life (at most
+// once per kXprocRecheck by all its waiters together): a killed one's turn is taken back.
+// Returns the slot to wake, -1 if none.
+int CheckHolderLocked(XShared* s, int64_t now, int32_t me) SC_REQUIRES(s->mu) {
+  if (s->reserved < -1 || s->reserved >= kSlots) RepairLocked(s);  // corrupt
+  if (s->holder_pid == 0 || s->holder_pid == me ||
+      now - s->holder_checked_ns < Ns(timing::kXprocRecheck)) {
+    return -1;
+  }
+  s->holder_checked_ns = now;
+  if (ProcessAlive(s->holder_pid, s->holder_pstart)) return -1;
+  ++s->dead_holders;
+  return ReleaseLocked(s, now);
+}
+
+bool MayTakeLocked(XShared* s, int slot, bool upgrade, int64_t now, int32_t me)
+    SC_REQUIRES(s->mu) {
+  if (s->holder_pid != 0) return s->holder_pid == me;  // ours already: passes to this handle
+  if (upgrade) return true;
+  if (s->reserved >= 0) {
+    if (s->reserved == slot) return true;
+    if (s->slots[s->reserved].state == kWaiting && now < s->reserved_until_ns) return false;
+    ++s->claim_lapsed;
+    s->reserved = -1;
+  }
+  const int f = AheadOfLocked(s, slot, now);
+  return f < 0 || now - s->slots[f].arrived_ns < s->slots[f].fair_ns;
+}
+
+// Grants the turn; returns the release-to-grant time in ns when the grant ends a wait that
+// a release ended (-1 otherwise).
+int64_t GrantLocked(XShared* s, int slot, bool upgrade, uint64_t ticket, uint64_t tid, int64_t now,
+                    int32_t me) SC_REQUIRES(s->mu) {
+  if (slot >= 0) FreeSlotLocked(s, slot);
+  if (s->holder_pid == me) {  // within the process: a new handle of the same holder
+    s->holder_ticket = ticket;
+    s->holder_tid = tid;
+    return -1;
+  }
+  const int f = (slot >= 0 && s->reserved == slot) ? -1 : AheadOfLocked(s, slot, now);
+  if (f >= 0) {
+    ++s->barges;
+    const int64_t waited = now - s->slots[f].arrived_ns;
+    if (!upgrade || waited < s->slots[f].fair_ns) {
+      s->max_overtaken_wait_us = std::max<uint64_t>(s->max_overtaken_wait_us, waited / 1000);
+    }
+  }
+  int64_t r2g = -1;
+  if (slot >= 0) {
+    ++s->waits;
+    if (s->reserved == slot) ++s->handoffs;
+    if (s->released_at_ns > s->slots[slot].arrived_ns) r2g = now - s->released_at_ns;
+  }
+  s->reserved = -1;
+  ++s->acquisitions;
+  s->holder_pid = me;
+  s->holder_pstart = SelfStart();
+  s->holder_tid = tid;
+  s->holder_ticket = ticket;
+  s->holder_since_ns = now;
+  s->holder_checked_ns = now;
+  s->holder_hint.store(me, std::memory_order_relaxed);
+  return r2g;
+}
+
+// A free slot for a new waiter (taking back the slot of a dead process if none is free).
+int AllocLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) {
+  for (int i = 0; i < kSlots; ++i) {
+    if (s->slots[i].state == kFree) return i;
+  }
+  for (int i = 0; i < kSlots; ++i) {
+    Slot& u = s->slots[i];
+    if (!Live(u, now) && !ProcessAlive(u.pid, u.pstart)) {
+      ++s->dead_waiters;
+      FreeSlotLocked(s, i);
+      return i;
+    }
+  }
+  return -1;
+}
+
+void EnterLocked(XShared* s, int i, uint64_t ticket, uint64_t tid, int64_t fair, int64_t now,
+                 int32_t me) SC_REQUIRES(s->mu) {
+  Slot& u = s->slots[i];
+  u.pid = me;
+  u.pstart = SelfStart();
+  u.tid = tid;
+  u.ticket = ticket;
+  u.order = s->next_order++;
+  u.arrived_ns = now;
+  u.seen_ns = now;
+  u.fair_ns = fair;
+  u.state = kWaiting;
+  s->waiting_hint.fetch_add(1, std::memory_order_relaxed);
+}
+
+// A waiter leaves the line without the turn. Returns the slot to wake, -1 if none.
+int LeaveLocked(XShared* s, int slot, int64_t now) SC_REQUIRES(s->mu) {
+  FreeSlotLocked(s, slot);
+  if (s->reserved != slot) return -1;
+  s->reserved = -1;
+  return s->holder_pid == 0 ? OnFreeLocked(s, now) : -1;
+}
+
+}  // namespace
+
+bool CrossProcess::LockShared(XShared* s) {
+  bool died = false;
+  if (!s->mu.Lock(timing::kXprocMutexWait, &died)) {
+    MutexLock l(&mu_);
+    ++unavailable_;
+    return false;
+  }
+  if (died) {
+    RepairLocked(s);
+    s->mu.MarkConsistent();
+  }
+  return true;
+}
+
+void CrossProcess::Count(bool waited, bool timeout, int64_t wait_ns, int64_t r2g_ns) {
+  MutexLock l(&mu_);
+  if (waited) {
+    ++waits_;
+    wait_us_.Add(static_cast<uint64_t>(wait_ns / 1000));
+  }
+  if (timeout) ++timeouts_;
+  if (r2g_ns >= 0) release_to_grant_us_.Add(static_cast<uint64_t>(r2g_ns / 1000));
+}
+
+CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid,
+                                          std::chrono::nanoseconds fair, bool upgrade) {
+  (void)fair;
+  XShared* s = Shared();
+  if (s == nullptr) return Grant::kUnavailable;
+  const int32_t me = MyPid();
+  if (!LockShared(s)) return Grant::kUnavailable;
+  const int64_t now = NowNs();
+  const int wake = CheckHolderLocked(s, now, me);
+  Grant g = Grant::kRefused;
+  if (MayTakeLocked(s, -1, upgrade, now, me)) {
+    GrantLocked(s, -1, upgrade, ticket, tid, now, me);
+    g = Grant::kGranted;
+  }
+  s->mu.Unlock();
+  WakeSlot(s, wake);
+  return g;
+}
+
+CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
+                                       std::chrono::steady_clock::time_point until) {
+  XShared* s = Shared();
+  if (s == nullptr) return Grant::kUnavailable;
+  const int32_t me = MyPid();
+  const int64_t start = NowNs();
+  const int64_t until_ns =
+      start + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                  until - std::chrono::steady_clock::now())
+                  .count();
+  if (!LockShared(s)) return Grant::kUnavailable;
+  int wake = CheckHolderLocked(s, start, me);
+  if (MayTakeLocked(s, -1, false, start, me)) {
+    GrantLocked(s, -1, false, ticket, tid, start, me);
+    s->mu.Unlock();
+    WakeSlot(s, wake);
+    return Grant::kGranted;
+  }
+  int slot = AllocLocked(s, start);
+  if (slot < 0) {  // the line is full: this request goes on without it
+    s->mu.Unlock();
+    WakeSlot(s, wake);
+    MutexLock l(&mu_);
+    ++unavailable_;
+    return Grant::kUnavailable;
+  }
+  EnterLocked(s, slot, ticket, tid, Ns(fair), start, me);
+  for (;;) {
+    const uint32_t seen = s->wake[slot].load(std::memory_order_acquire);
+    s->mu.Unlock();
+    WakeSlot(s, wake);
+    wake = -1;
+    FutexWait(&s->wake[slot], seen, std::min(until_ns - NowNs(), Ns(timing::kXprocRecheck)));
+    if (!LockShared(s)) return Grant::kUnavailable;  // the slot goes stale and is skipped
+    const int64_t now = NowNs();
+    Slot& u = s->slots[slot];
+    if (u.state != kWaiting || u.pid != me || u.ticket != ticket) {
+      // Taken back while this thread did not run for kXprocStale (a stopped process): again,
+      // at the back of the line.
+      slot = AllocLocked(s, now);
+      if (slot < 0) {
+        s->mu.Unlock();
+        return Grant::kUnavailable;
+      }
+      EnterLocked(s, slot, ticket, tid, Ns(fair), now, me);
+      continue;
+    }
+    u.seen_ns = now;
+    wake = CheckHolderLocked(s, now, me);
+    if (wake == slot) wake = -1;  // that is us
+    if (MayTakeLocked(s, slot, false, now, me)) {
+      const int64_t r2g = GrantLocked(s, slot, false, ticket, tid, now, me);
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      Count(true, false, now - start, r2g);
+      return Grant::kGranted;
+    }
+    if (now >= until_ns) {
+      ++s->timeouts;
+      const int next = LeaveLocked(s, slot, now);
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      WakeSlot(s, next);
+      Count(false, true, 0, -1);
+      return Grant::kTimeout;
+    }
+  }
+}
+
+void CrossProcess::Release(uint64_t ticket) {
+  XShared* s = Shared();
+  if (s == nullptr) return;
+  const int32_t me = MyPid();
+  // Cheap look first: most releases of a handle that never took the shared turn.
+  if (s->holder_hint.load(std::memory_order_relaxed) != me) return;
+  // The turn must not stay with this process: keep trying (a stopped process holds the
+  // mutex) for up to a second, then give the sidecar up for this file.
+  for (int i = 0; i < 20; ++i) {
+    if (!LockShared(s)) continue;
+    int wake = -1;
+    if (s->holder_pid == me && s->holder_ticket == ticket) wake = ReleaseLocked(s, NowNs());
+    s->mu.Unlock();
+    WakeSlot(s, wake);
+    BumpSeq(s);
+    return;
+  }
+  Unusable("its mutex stayed held for a second while this process had to release the turn");
+}
+
+bool CrossProcess::Contended() const {
+  XShared* s = Shared();
+  if (s == nullptr) return false;
+  const int32_t h = s->holder_hint.load(std::memory_order_relaxed);
+  return (h != 0 && h != MyPid()) || s->waiting_hint.load(std::memory_order_relaxed) > 0;
+}
+
+uint32_t CrossProcess::Seq() const {
+  XShared* s = Shared();
+  return s == nullptr ? 0 : s->seq.load(std::memory_order_seq_cst);
+}
+
+void CrossProcess::WaitForChange(uint32_t seq, std::chrono::steady_clock::time_point until) {
+  XShared* s = Shared();
+  const auto left = until - std::chrono::steady_clock::now();
+  if (s == nullptr) {
+    if (left > left.zero()) std::this_thread::sleep_for(left);
+    return;
+  }
+  s->seq_waiters.fetch_add(1, std::memory_order_seq_cst);
+  if (s->seq.load(std::memory_order_seq_cst) == seq) {
+    FutexWait(&s->seq, seq, std::chrono::duration_cast<std::chrono::nanoseconds>(left).count());
+  }
+  s->seq_waiters.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+void CrossProcess::NotifyChange() {
+  // Only when someone waits: a waiter that registers just after this look sleeps at most its
+  // poll step, as without the sidecar.
+  XShared* s = Shared();
+  if (s != nullptr && s->seq_waiters.load(std::memory_order_seq_cst) > 0) BumpSeq(s);
+}
+
+bool CrossProcess::OtherHolder(int32_t* pid, uint64_t* tid, int64_t* held_ms) {
+  XShared* s = Shared();
+  if (s == nullptr || !LockShared(s)) return false;
+  const bool other = s->holder_pid != 0 && s->holder_pid != MyPid();
+  if (other) {
+    *pid = s->holder_pid;
+    *tid = s->holder_tid;
+    *held_ms = (NowNs() - s->holder_since_ns) / 1000000;
+  }
+  s->mu.Unlock();
+  return other;
+}
+
+namespace {
+
+// A copy of what an operator asks about, taken under the mutex or (Describe) without it.
+struct Snapshot {
+  int32_t holder_pid = 0;
+  uint64_t holder_tid = 0, holder_ticket = 0;
+  int64_t holder_since_ns = 0;
+  std::vector<Slot> waiters;  // in arrival order
+  uint64_t counters[10] = {};
+};
+
+void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
+  out->holder_pid = s->holder_pid;
+  out->holder_tid = s->holder_tid;
+  out->holder_ticket = s->holder_ticket;
+  out->holder_since_ns = s->holder_since_ns;
+  for (const Slot& u : s->slots) {
+    if (u.state == kWaiting) out->waiters.push_back(u);
+  }
+  std::sort(out->waiters.begin(), out->waiters.end(),
+            [](const Slot& a, const Slot& b) { return a.order < b.order; });
+  const uint64_t c[10] = {s->acquisitions, s->waits,        s->handoffs,     s->barges,
+                          s->claim_lapsed, s->timeouts,     s->dead_holders, s->dead_waiters,
+                          s->repairs,      s->max_overtaken_wait_us};
+  std::copy(c, c + 10, out->counters);
+}
+
+void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
+  const int64_t now = NowNs();
+  w.Key("holder");
+  if (snap.holder_pid == 0) {
+    w.Null();
+  } else {
+    w.BeginObject()
+        .Field("pid", snap.holder_pid)
+        .Field("thread", static_cast<int64_t>(snap.holder_tid))
+        .Field("handle", static_cast<int64_t>(snap.holder_ticket))
+        .Field("held_ms", (now - snap.holder_since_ns) / 1000000)
+        .Key("alive")
+        .Bool(ProcessAlive(snap.holder_pid, 0))
+        .EndObject();
+  }
+  w.Field("queue_depth", static_cast<int64_t>(snap.waiters.size()));
+  w.Key("waiters").BeginArray();
+  for (const Slot& u : snap.waiters) {
+    w.BeginObject()
+        .Field("pid", u.pid)
+        .Field("thread", static_cast<int64_t>(u.tid))
+        .Field("handle", static_cast<int64_t>(u.ticket))
+        .Field("waited_ms", (now - u.arrived_ns) / 1000000)
+        .Key("alive")
+        .Bool(ProcessAlive(u.pid, u.pstart))
+        .EndObject();
+  }
+  w.EndArray();
+  static const char* const kNames[10] = {
+      "acquisitions", "waits",        "handoffs",     "barges",  "claim_lapsed",
+      "timeouts",     "dead_holders", "dead_waiters", "repairs", "max_overtaken_wait_us"};
+  w.Key("all_processes").BeginObject();
+  for (int i = 0; i < 10; ++i) w.Field(kNames[i], static_cast<int64_t>(snap.counters[i]));
+  w.EndObject();
+}
+
+}  // namespace
+
+void CrossProcess::WriteJson(JsonWriter& w) {
+  XShared* s = Shared();
+  Snapshot snap;
+  bool have = false;
+  if (s != nullptr && LockShared(s)) {
+    Copy(s, &snap);
+    s->mu.Unlock();
+    have = true;
+  }
+  MutexLock l(&mu_);
+  w.Key("crossproc").BeginObject();
+  w.Field("mode", std::string(s != nullptr ? "sidecar" : "polling"));
+  if (!sidecar_.empty()) w.Field("sidecar", sidecar_);
+  if (!reason_.empty()) w.Field("reason", reason_);
+  if (have) WriteSnapshot(w, snap);
+  w.Field("waits", static_cast<int64_t>(waits_))
+      .Field("timeouts", static_cast<int64_t>(timeouts_))
+      .Field("went_without", static_cast<int64_t>(unavailable_));
+  w.Key("wait_us");
+  wait_us_.WriteJson(w);
+  w.Key("release_to_grant_us");
+  release_to_grant_us_.WriteJson(w);
+  w.EndObject();
+}
+
+bool CrossProcess::Describe(const char* db_path, std::string* json, std::string* err) {
+  const std::string path = std::string(db_path) + "-safeconc";
+  const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    *err = path + ": " + std::strerror(errno) +
+           (errno == ENOENT ? " (no process has this database open through safeconc, or it "
+                              "coordinates without a sidecar)"
+                            : "");
+    return false;
+  }
+  struct stat st;
+  void* m = MAP_FAILED;
+  if (fstat(fd, &st) == 0 && st.st_size == static_cast<off_t>(sizeof(XShared))) {
+    m = mmap(nullptr, sizeof(XShared), PROT_READ, MAP_SHARED, fd, 0);
+  }
+  close(fd);
+  if (m == MAP_FAILED) {
+    *err = path + " is not a sidecar of this libsafeconc version";
+    return false;
+  }
+  const auto* s = static_cast<const XShared*>(m);
+  bool ok = s->magic == kMagic && s->version == kVersion && s->size == sizeof(XShared);
+  Snapshot snap;
+  if (ok) Copy(s, &snap);  // without the mutex: a snapshot, maybe mid-update
+  munmap(m, sizeof(XShared));
+  if (!ok) {
+    *err = path + " is not a sidecar of this libsafeconc version";
+    return false;
+  }
+  JsonWriter w;
+  w.BeginObject().Field("sidecar", path);
+  WriteSnapshot(w, snap);
+  w.EndObject();
+  *json = w.str();
+  return true;
+}
+
+}  // namespace safeconc

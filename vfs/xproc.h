@@ -1,0 +1,211 @@
+// xproc.h - cross-process coordination: the write turn shared by every process that loads
+// libsafeconc on one database file, kept in a small sidecar file beside it (`<db>-safeconc`),
+// mapped shared by each of them.
+//
+// Model. Inside a process the Coordinator (coordinator.h) decides which handle holds the
+// process's write turn; that handle then takes the *shared* turn here before the base lock.
+// So each process puts at most one waiter per handle that already won its own line into the
+// shared line ("in-process queues feed the shared one"), and the shared line applies the same
+// eventual-fairness policy as the in-process one (vfs/timing.h): while the front waiter has
+// waited less than its safeconc_fair_ms, a free turn goes to whoever asks; past that, the
+// release reserves the turn for the front waiter. A release wakes the front waiter through a
+// futex on the shared mapping, so a process is woken by another's release as quickly as a
+// thread by its own process's.
+//
+// The base POSIX locks stay the truth for data safety: the shared turn only orders and wakes.
+// Processes that do not load the extension take the base locks as always (they may overtake);
+// a request that cannot use the sidecar (none, or its mutex not available in time) goes on
+// as without it, and the base lock decides, polled as before.
+//
+// Crash safety. The sidecar's mutex is a process-shared robust mutex: a process killed inside
+// a sidecar update leaves it to the next locker with EOWNERDEAD, which repairs the state
+// (RepairLocked) before going on. A process killed while holding the turn or waiting is
+// found by liveness checks (pid plus process start time, so a reused pid is not taken for the
+// dead one): the holder by its waiters every kXprocLiveness, a waiter by whoever meets its
+// slot stale. Lock waits on the mutex are bounded (kXprocMutexWait): a process stopped while
+// holding it costs others that long, then they go on without the sidecar for that request.
+//
+// Attaching (sidecar.cc) never fails an open: where the sidecar cannot be used (read-only
+// directory, a network file system, a sidecar owned by another user than the database, from
+// another version and in use, from another pid namespace, SAFECONC_SIDECAR=0), the file is
+// coordinated inside the process only, other processes by polling, as before; the reason is
+// logged once through sqlite3_log and shown in safeconc_stats().
+//
+// Mutex rules: CrossProcess::mu_ guards the attach state and the local counters; it is a
+// leaf, never held across a wait. XShared::mu (the shared mutex) guards the shared state; it
+// is never held across a futex wait, a base call or an SQLite call.
+#ifndef SAFECONC_VFS_XPROC_H
+#define SAFECONC_VFS_XPROC_H
+
+#include <pthread.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "vfs/histogram.h"
+#include "vfs/json.h"
+#include "vfs/sync.h"
+
+namespace safeconc {
+
+namespace xproc {
+
+constexpr uint64_t kMagic = 0x31636e6f63656661ULL;  // "afeconc1" little-endian, + version
+constexpr uint32_t kVersion = 1;
+constexpr int kSlots = 64;  // waiting handles across all processes; more wait by polling
+
+enum SlotState : uint32_t { kFree = 0, kWaiting = 1 };
+
+// One waiter in the shared line. Guarded by XShared::mu.
+struct Slot {
+  uint32_t state;      // SlotState
+  int32_t pid;         // the waiting process
+  uint64_t pstart;     // its start time (clock ticks after boot): tells a reused pid
+  uint64_t tid;        // the waiting thread (kernel id), for diagnostics
+  uint64_t ticket;     // the handle, unique in its process
+  uint64_t order;      // arrival order: the line is FIFO by it
+  int64_t arrived_ns;  // CLOCK_MONOTONIC (the same clock in every process of the machine)
+  int64_t seen_ns;     // last time its waiter was awake in the line: stale when old
+  int64_t fair_ns;     // its safeconc_fair_ms
+};
+
+// The robust, process-shared mutex of the sidecar, as an annotated capability.
+class SC_CAPABILITY("mutex") RobustMutex {
+ public:
+  // Called once, by the process that initialises the sidecar.
+  bool Init();
+  // Waits at most `wait`. *owner_died: a process died holding it (EOWNERDEAD); the caller
+  // repairs the state and calls MarkConsistent() before unlocking. False if not acquired
+  // (timeout, or unrecoverable).
+  bool Lock(std::chrono::nanoseconds wait, bool* owner_died) SC_TRY_ACQUIRE(true);
+  void MarkConsistent() SC_REQUIRES(this);
+  void Unlock() SC_RELEASE();
+
+ private:
+  pthread_mutex_t m_;
+};
+
+// The sidecar's content, mapped shared. All-zero is "not initialised".
+struct XShared {
+  // Written once by the initialising process (under the init lock, before `magic`), then
+  // constant.
+  uint64_t magic;
+  uint32_t version;
+  uint32_t size;   // sizeof(XShared): another layout is another version
+  uint64_t pidns;  // the pid namespace of its processes (pids mean nothing across them)
+  RobustMutex mu;
+
+  // The turn. Guarded by mu.
+  int32_t holder_pid SC_GUARDED_BY(mu);  // 0: free
+  uint64_t holder_pstart SC_GUARDED_BY(mu);
+  uint64_t holder_tid SC_GUARDED_BY(mu);
+  uint64_t holder_ticket SC_GUARDED_BY(mu);
+  int64_t holder_since_ns SC_GUARDED_BY(mu);
+  int64_t holder_checked_ns SC_GUARDED_BY(mu);  // last liveness check of the holder
+  int32_t reserved SC_GUARDED_BY(mu);           // slot the turn is handed to, or -1
+  int64_t reserved_until_ns SC_GUARDED_BY(mu);
+  int64_t released_at_ns SC_GUARDED_BY(mu);
+  uint64_t next_order SC_GUARDED_BY(mu);
+  Slot slots[kSlots] SC_GUARDED_BY(mu);
+
+  // Counters since the sidecar was built. Guarded by mu.
+  uint64_t acquisitions SC_GUARDED_BY(mu);
+  uint64_t waits SC_GUARDED_BY(mu);       // grants after waiting in the line
+  uint64_t handoffs SC_GUARDED_BY(mu);    // grants of a reserved turn
+  uint64_t barges SC_GUARDED_BY(mu);      // grants ahead of a live waiter (within its bound)
+  uint64_t claim_lapsed SC_GUARDED_BY(mu);
+  uint64_t timeouts SC_GUARDED_BY(mu);
+  uint64_t dead_holders SC_GUARDED_BY(mu);  // turns taken back from dead processes
+  uint64_t dead_waiters SC_GUARDED_BY(mu);  // slots taken back from dead processes
+  uint64_t repairs SC_GUARDED_BY(mu);       // EOWNERDEAD recoveries, corrupt fields fixed
+  uint64_t max_overtaken_wait_us SC_GUARDED_BY(mu);
+
+  // Read and written without mu: futex words and hints.
+  std::atomic<uint32_t> wake[kSlots];     // bumped to wake a slot's waiter (FUTEX_WAKE)
+  std::atomic<uint32_t> seq;              // bumped at every release and lock-period end
+  std::atomic<uint32_t> seq_waiters;      // processes waiting on seq
+  std::atomic<int32_t> holder_hint;       // holder_pid, for Contended() without the mutex
+  std::atomic<uint32_t> waiting_hint;     // slots waiting
+};
+
+// CLOCK_MONOTONIC now, in ns.
+int64_t NowNs();
+// This process's start time (field 22 of /proc/self/stat); 0 if unknown. Cached per pid.
+uint64_t SelfStart();
+// Is process `pid`, started at `pstart` (0: unknown), alive?
+bool ProcessAlive(int32_t pid, uint64_t pstart);
+// The inode of /proc/self/ns/pid; 0 if unknown.
+uint64_t PidNamespace();
+
+}  // namespace xproc
+
+// One process's handle on one database file's sidecar (one per DbEntry).
+class CrossProcess {
+ public:
+  enum class Grant { kGranted, kRefused, kTimeout, kUnavailable };
+
+  CrossProcess() = default;
+  ~CrossProcess();  // detaches; removes the sidecar if no other process uses it
+  CrossProcess(const CrossProcess&) = delete;
+  CrossProcess& operator=(const CrossProcess&) = delete;
+
+  // Attaches to the sidecar of the database at `db_path` (created if missing), once; later
+  // calls return at once. `writable`: the connection may write (a read-only one never takes
+  // the turn and does not attach). Never fails: a sidecar that cannot be used leaves the file
+  // in polling mode, with the reason logged and kept for the stats.
+  void Attach(const char* db_path, bool writable) SC_EXCLUDES(mu_);
+  bool Attached() const { return shared_.load(std::memory_order_acquire) != nullptr; }
+
+  // Takes the shared turn for handle `ticket` if a newcomer may (or, `upgrade`, if it is
+  // free at all, as stock SQLite grants a free write lock). A turn held by this process (a
+  // handle revoked by the in-process coordinator) passes to `ticket`.
+  Grant TryTake(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair, bool upgrade);
+  // Waits in the shared line until granted or `until` (steady_clock).
+  Grant Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
+             std::chrono::steady_clock::time_point until);
+  // Gives the turn back if `ticket` holds it.
+  void Release(uint64_t ticket);
+  // Another process holds the turn or waits for it (a relaxed look, no mutex).
+  bool Contended() const;
+
+  // Waiting for another process's lock (not the turn) without polling: Seq() before trying,
+  // then WaitForChange(seq, until) wakes at the next release or lock-period end anywhere.
+  uint32_t Seq() const;
+  void WaitForChange(uint32_t seq, std::chrono::steady_clock::time_point until);
+  // A lock period ended here: wakes other processes that wait for locks, if any do.
+  void NotifyChange();
+
+  // The holder, if another process holds the turn: its pid and thread (0 if none).
+  bool OtherHolder(int32_t* pid, uint64_t* tid, int64_t* held_ms);
+
+  // "crossproc": {...} for safeconc_stats().
+  void WriteJson(JsonWriter& w) SC_EXCLUDES(mu_);
+  // The sidecar of `db_path` as an operator sees it (holder, waiters of every process),
+  // read without attaching. Returns false, with *err, if there is none or it is unusable.
+  static bool Describe(const char* db_path, std::string* json, std::string* err);
+
+ private:
+  xproc::XShared* Shared() const { return shared_.load(std::memory_order_acquire); }
+  bool LockShared(xproc::XShared* s) SC_TRY_ACQUIRE(true, s->mu);
+  void Unusable(const char* why) SC_EXCLUDES(mu_);
+  void Count(bool waited, bool timeout, int64_t wait_ns, int64_t r2g_ns) SC_EXCLUDES(mu_);
+
+  std::atomic<xproc::XShared*> shared_{nullptr};  // set once by Attach, then constant
+  Mutex mu_;
+  bool tried_ SC_GUARDED_BY(mu_) = false;
+  int fd_ SC_GUARDED_BY(mu_) = -1;
+  std::string sidecar_ SC_GUARDED_BY(mu_);  // its path
+  std::string reason_ SC_GUARDED_BY(mu_);   // why not attached (or why it stopped)
+  uint64_t waits_ SC_GUARDED_BY(mu_) = 0;
+  uint64_t timeouts_ SC_GUARDED_BY(mu_) = 0;
+  uint64_t unavailable_ SC_GUARDED_BY(mu_) = 0;  // requests that went on without the sidecar
+  Histogram wait_us_ SC_GUARDED_BY(mu_);
+  Histogram release_to_grant_us_ SC_GUARDED_BY(mu_);
+};
+
+}  // namespace safeconc
+
+#endif  // SAFECONC_VFS_XPROC_H
