@@ -128,7 +128,7 @@ void RunWorkload(const Cfg& cfg) {
       }
       const std::string report = std::to_string(total);
       return write(out, report.data(), report.size()) == static_cast<ssize_t>(report.size()) ? 0
-                                                                                          : 8;
+                                                                                             : 8;
     }));
   }
   close(start[0]);
@@ -204,7 +204,8 @@ TEST(CrossProcessCompat, PlainSqliteShellBeside) {
     CreateDb(path, wal);
     std::string script = ".timeout 10000\n";
     for (int i = 0; i < 200; ++i) {
-      script += "INSERT INTO t(p, th, v) VALUES (-1, " + std::to_string(i) + ", randomblob(100));\n";
+      script +=
+          "INSERT INTO t(p, th, v) VALUES (-1, " + std::to_string(i) + ", randomblob(100));\n";
     }
     {
       FILE* f = std::fopen(dir.File("plain.sql").c_str(), "w");

@@ -75,12 +75,12 @@ int64_t NowNs() {
 
 namespace {
 
-// Field 22 (starttime) of /proc/<pid>/stat; 0 if unreadable.
-uint64_t StartTimeOf(int32_t pid) {
+// Fields 3 (state) and 22 (starttime) of /proc/<pid>/stat; false if unreadable.
+bool ProcStat(int32_t pid, char* state, uint64_t* start) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
   FILE* f = std::fopen(path, "re");
-  if (f == nullptr) return 0;
+  if (f == nullptr) return false;
   char buf[1024];
   const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
   std::fclose(f);
@@ -88,12 +88,22 @@ uint64_t StartTimeOf(int32_t pid) {
   // The command name (field 2) is in parentheses and may contain anything: count fields
   // after the last ')'.
   const char* z = std::strrchr(buf, ')');
-  if (z == nullptr) return 0;
+  if (z == nullptr || z[1] != ' ') return false;
+  *state = z[2];
   int field = 2;
   for (++z; *z != '\0'; ++z) {
-    if (*z == ' ' && ++field == 22) return std::strtoull(z + 1, nullptr, 10);
+    if (*z == ' ' && ++field == 22) {
+      *start = std::strtoull(z + 1, nullptr, 10);
+      return true;
+    }
   }
-  return 0;
+  return false;
+}
+
+uint64_t StartTimeOf(int32_t pid) {
+  char state;
+  uint64_t start = 0;
+  return ProcStat(pid, &state, &start) ? start : 0;
 }
 
 }  // namespace
@@ -112,9 +122,13 @@ uint64_t SelfStart() {
 bool ProcessAlive(int32_t pid, uint64_t pstart) {
   if (pid <= 0) return false;
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-  if (pstart == 0) return true;
-  const uint64_t now_start = StartTimeOf(pid);
-  return now_start == 0 || now_start == pstart;  // unreadable: assume alive
+  char state;
+  uint64_t start = 0;
+  if (!ProcStat(pid, &state, &start)) return true;  // unreadable (hidepid): assume alive
+  // A zombie (killed, not yet reaped by its parent) holds nothing any more: its locks and
+  // its robust mutexes were released when it died.
+  if (state == 'Z' || state == 'X') return false;
+  return pstart == 0 || start == pstart;  // another process with a reused pid: dead
 }
 
 uint64_t PidNamespace() {
@@ -185,11 +199,6 @@ bool Build(XShared* s) SC_NO_THREAD_SAFETY_ANALYSIS {
 }
 
 }  // namespace
-
-void CrossProcess::Unusable(const char* why) {
-  MutexLock l(&mu_);
-  if (reason_.empty()) reason_ = why;
-}
 
 void CrossProcess::Attach(const char* db_path, bool writable) {
   MutexLock l(&mu_);

@@ -97,6 +97,9 @@ constexpr milliseconds kXprocStale{250};
 // stopped (SIGSTOP, a debugger) and the request goes on without the sidecar, as stock SQLite
 // would: the sidecar may change order and wake-ups, never make anything wait longer.
 constexpr milliseconds kXprocMutexWait{50};
+// After such a wait, requests of this process go without the sidecar for this long before
+// trying its mutex again.
+constexpr milliseconds kXprocSkip{250};
 
 }  // namespace timing
 }  // namespace safeconc

@@ -45,7 +45,8 @@ int32_t MyPid() {
 
 void FutexWait(std::atomic<uint32_t>* word, uint32_t seen, int64_t timeout_ns) {
   if (timeout_ns <= 0) return;
-  timespec ts{static_cast<time_t>(timeout_ns / 1000000000), static_cast<long>(timeout_ns % 1000000000)};
+  timespec ts{static_cast<time_t>(timeout_ns / 1000000000),
+              static_cast<long>(timeout_ns % 1000000000)};
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, seen, &ts, nullptr, 0);
 }
 
@@ -95,8 +96,7 @@ void FreeSlotLocked(XShared* s, int i) SC_REQUIRES(s->mu) {
 // (EOWNERDEAD), or when a field is found out of range.
 void RepairLocked(XShared* s) SC_REQUIRES(s->mu) {
   ++s->repairs;
-  if (s->holder_pid < 0 ||
-      (s->holder_pid != 0 && !ProcessAlive(s->holder_pid, s->holder_pstart))) {
+  if (s->holder_pid < 0 || (s->holder_pid != 0 && !ProcessAlive(s->holder_pid, s->holder_pstart))) {
     if (s->holder_pid != 0) ++s->dead_holders;
     s->holder_pid = 0;
   }
@@ -114,6 +114,9 @@ void RepairLocked(XShared* s) SC_REQUIRES(s->mu) {
       (s->reserved >= 0 && s->slots[s->reserved].state != kWaiting)) {
     s->reserved = -1;
   }
+  const int64_t now = NowNs();
+  if (s->released_at_ns > now || s->released_at_ns < 0) s->released_at_ns = 0;
+  if (s->reserved_until_ns > now + Ns(timing::kClaimLease)) s->reserved_until_ns = now;
   s->waiting_hint.store(waiting, std::memory_order_relaxed);
   s->holder_hint.store(s->holder_pid, std::memory_order_relaxed);
 }
@@ -158,8 +161,7 @@ int CheckHolderLocked(XShared* s, int64_t now, int32_t me) SC_REQUIRES(s->mu) {
   return ReleaseLocked(s, now);
 }
 
-bool MayTakeLocked(XShared* s, int slot, bool upgrade, int64_t now, int32_t me)
-    SC_REQUIRES(s->mu) {
+bool MayTakeLocked(XShared* s, int slot, bool upgrade, int64_t now, int32_t me) SC_REQUIRES(s->mu) {
   if (s->holder_pid != 0) return s->holder_pid == me;  // ours already: passes to this handle
   if (upgrade) return true;
   if (s->reserved >= 0) {
@@ -251,7 +253,14 @@ int LeaveLocked(XShared* s, int slot, int64_t now) SC_REQUIRES(s->mu) {
 
 bool CrossProcess::LockShared(XShared* s) {
   bool died = false;
-  if (!s->mu.Lock(timing::kXprocMutexWait, &died)) {
+  const int64_t now = NowNs();
+  if (now < skip_until_ns_.load(std::memory_order_relaxed) ||
+      !s->mu.Lock(timing::kXprocMutexWait, &died)) {
+    // Held by a stopped process (or not at all usable): requests go on without the sidecar
+    // for a while instead of each waiting kXprocMutexWait.
+    if (now >= skip_until_ns_.load(std::memory_order_relaxed)) {
+      skip_until_ns_.store(NowNs() + Ns(timing::kXprocSkip), std::memory_order_relaxed);
+    }
     MutexLock l(&mu_);
     ++unavailable_;
     return false;
@@ -259,6 +268,13 @@ bool CrossProcess::LockShared(XShared* s) {
   if (died) {
     RepairLocked(s);
     s->mu.MarkConsistent();
+  }
+  // A release that could not be made when it was due (the mutex was not available).
+  if (const uint64_t owed = owed_release_.exchange(0, std::memory_order_relaxed)) {
+    if (s->holder_pid == MyPid() && s->holder_ticket == owed) {
+      WakeSlot(s, ReleaseLocked(s, NowNs()));
+      BumpSeq(s);
+    }
   }
   return true;
 }
@@ -298,10 +314,9 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
   if (s == nullptr) return Grant::kUnavailable;
   const int32_t me = MyPid();
   const int64_t start = NowNs();
-  const int64_t until_ns =
-      start + std::chrono::duration_cast<std::chrono::nanoseconds>(
-                  until - std::chrono::steady_clock::now())
-                  .count();
+  const int64_t until_ns = start + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                       until - std::chrono::steady_clock::now())
+                                       .count();
   if (!LockShared(s)) return Grant::kUnavailable;
   int wake = CheckHolderLocked(s, start, me);
   if (MayTakeLocked(s, -1, false, start, me)) {
@@ -367,18 +382,17 @@ void CrossProcess::Release(uint64_t ticket) {
   const int32_t me = MyPid();
   // Cheap look first: most releases of a handle that never took the shared turn.
   if (s->holder_hint.load(std::memory_order_relaxed) != me) return;
-  // The turn must not stay with this process: keep trying (a stopped process holds the
-  // mutex) for up to a second, then give the sidecar up for this file.
-  for (int i = 0; i < 20; ++i) {
-    if (!LockShared(s)) continue;
-    int wake = -1;
-    if (s->holder_pid == me && s->holder_ticket == ticket) wake = ReleaseLocked(s, NowNs());
-    s->mu.Unlock();
-    WakeSlot(s, wake);
-    BumpSeq(s);
+  if (!LockShared(s)) {
+    // The mutex is held by a stopped process: the release is made by the next request that
+    // gets it (LockShared), so the turn does not stay with this process.
+    owed_release_.store(ticket, std::memory_order_relaxed);
     return;
   }
-  Unusable("its mutex stayed held for a second while this process had to release the turn");
+  int wake = -1;
+  if (s->holder_pid == me && s->holder_ticket == ticket) wake = ReleaseLocked(s, NowNs());
+  s->mu.Unlock();
+  WakeSlot(s, wake);
+  BumpSeq(s);
 }
 
 bool CrossProcess::Contended() const {
@@ -448,9 +462,9 @@ void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
   }
   std::sort(out->waiters.begin(), out->waiters.end(),
             [](const Slot& a, const Slot& b) { return a.order < b.order; });
-  const uint64_t c[10] = {s->acquisitions, s->waits,        s->handoffs,     s->barges,
-                          s->claim_lapsed, s->timeouts,     s->dead_holders, s->dead_waiters,
-                          s->repairs,      s->max_overtaken_wait_us};
+  const uint64_t c[10] = {
+      s->acquisitions, s->waits,        s->handoffs,     s->barges,  s->claim_lapsed,
+      s->timeouts,     s->dead_holders, s->dead_waiters, s->repairs, s->max_overtaken_wait_us};
   std::copy(c, c + 10, out->counters);
 }
 

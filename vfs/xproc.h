@@ -113,9 +113,9 @@ struct XShared {
 
   // Counters since the sidecar was built. Guarded by mu.
   uint64_t acquisitions SC_GUARDED_BY(mu);
-  uint64_t waits SC_GUARDED_BY(mu);       // grants after waiting in the line
-  uint64_t handoffs SC_GUARDED_BY(mu);    // grants of a reserved turn
-  uint64_t barges SC_GUARDED_BY(mu);      // grants ahead of a live waiter (within its bound)
+  uint64_t waits SC_GUARDED_BY(mu);     // grants after waiting in the line
+  uint64_t handoffs SC_GUARDED_BY(mu);  // grants of a reserved turn
+  uint64_t barges SC_GUARDED_BY(mu);    // grants ahead of a live waiter (within its bound)
   uint64_t claim_lapsed SC_GUARDED_BY(mu);
   uint64_t timeouts SC_GUARDED_BY(mu);
   uint64_t dead_holders SC_GUARDED_BY(mu);  // turns taken back from dead processes
@@ -124,11 +124,11 @@ struct XShared {
   uint64_t max_overtaken_wait_us SC_GUARDED_BY(mu);
 
   // Read and written without mu: futex words and hints.
-  std::atomic<uint32_t> wake[kSlots];     // bumped to wake a slot's waiter (FUTEX_WAKE)
-  std::atomic<uint32_t> seq;              // bumped at every release and lock-period end
-  std::atomic<uint32_t> seq_waiters;      // processes waiting on seq
-  std::atomic<int32_t> holder_hint;       // holder_pid, for Contended() without the mutex
-  std::atomic<uint32_t> waiting_hint;     // slots waiting
+  std::atomic<uint32_t> wake[kSlots];  // bumped to wake a slot's waiter (FUTEX_WAKE)
+  std::atomic<uint32_t> seq;           // bumped at every release and lock-period end
+  std::atomic<uint32_t> seq_waiters;   // processes waiting on seq
+  std::atomic<int32_t> holder_hint;    // holder_pid, for Contended() without the mutex
+  std::atomic<uint32_t> waiting_hint;  // slots waiting
 };
 
 // CLOCK_MONOTONIC now, in ns.
@@ -190,10 +190,13 @@ class CrossProcess {
  private:
   xproc::XShared* Shared() const { return shared_.load(std::memory_order_acquire); }
   bool LockShared(xproc::XShared* s) SC_TRY_ACQUIRE(true, s->mu);
-  void Unusable(const char* why) SC_EXCLUDES(mu_);
   void Count(bool waited, bool timeout, int64_t wait_ns, int64_t r2g_ns) SC_EXCLUDES(mu_);
 
   std::atomic<xproc::XShared*> shared_{nullptr};  // set once by Attach, then constant
+  // Until then (ns), requests do not wait for the sidecar's mutex: it was not available.
+  std::atomic<int64_t> skip_until_ns_{0};
+  // A release due while the mutex was not available: made by the next LockShared.
+  std::atomic<uint64_t> owed_release_{0};
   Mutex mu_;
   bool tried_ SC_GUARDED_BY(mu_) = false;
   int fd_ SC_GUARDED_BY(mu_) = -1;
