@@ -90,8 +90,7 @@ struct Report {
   // reservation and what follows it (its deadline, the release time, the arrival counter and
   // the first slot).
   s->holder_pid = getpid();
-  std::memset(reinterpret_cast<char*>(s) + offsetof(safeconc::xproc::XShared, reserved), 0x7f,
-              64);
+  std::memset(reinterpret_cast<char*>(s) + offsetof(safeconc::xproc::XShared, reserved), 0x7f, 64);
   const Report r{-1, 0};
   if (write(fd, &r, sizeof r) != sizeof r) _exit(3);
   for (;;) pause();
@@ -199,8 +198,8 @@ TEST_P(CrashRounds, OthersProceedNothingLostSidecarRecovers) {
       // Find the holder (or a waiter) among the writers, as an operator would.
       for (int tries = 0; tries < 2000 && killed < 0; ++tries) {
         const std::string w = memdb.Text("SELECT safeconc_waiters('" + path + "')");
-        const size_t at = victim == Victim::kHolder ? w.find("\"holder\":{")
-                                                    : w.find("\"waiters\":[{");
+        const size_t at =
+            victim == Victim::kHolder ? w.find("\"holder\":{") : w.find("\"waiters\":[{");
         if (at == std::string::npos) continue;
         const int64_t pid = JsonInt(w, "pid", at);
         for (pid_t k : kids) {
@@ -217,8 +216,8 @@ TEST_P(CrashRounds, OthersProceedNothingLostSidecarRecovers) {
     }
     // Every surviving writer commits twice more, well within its 5 s timeout.
     std::map<int32_t, int> before = per_child;
-    const bool progressed = ReadReports(
-        fds[0], t_kill + std::chrono::seconds(5), &reported, &per_child, [&] {
+    const bool progressed =
+        ReadReports(fds[0], t_kill + std::chrono::seconds(5), &reported, &per_child, [&] {
           for (int c = 0; c < kWriters; ++c) {
             if (c != killed_child && per_child[c] < before[c] + 2) return false;
           }

@@ -158,7 +158,10 @@ void RunWorkload(const Cfg& cfg) {
   const size_t all = stats.find("\"all_processes\"");
   ASSERT_NE(all, std::string::npos) << stats;
   EXPECT_GT(JsonInt(stats, "waits", all), 0) << "the shared line was never used: " << stats;
+  EXPECT_GE(JsonInt(stats, "max_overtaken_wait_us", all), 0) << stats;
   EXPECT_LE(JsonInt(stats, "max_overtaken_wait_us", all), cfg.fair_ms * 1000 + 25000) << stats;
+  // No wait in the shared line gave up (a wait in steps keeps its place between them).
+  EXPECT_EQ(JsonInt(stats, "timeouts", all), 0) << stats;
   if (cfg.fair_ms == 0) {
     EXPECT_EQ(JsonInt(stats, "barges", all), 0) << stats;
   }

@@ -27,9 +27,9 @@ using sctest::TempDir;
 
 // The SQL functions the extension adds to every connection, as "name/nargs". This is the one
 // place to edit when an issue adds a function.
-const std::set<std::string> kExpectedFunctions = {"safeconc_config/1", "safeconc_config/2",
-                                                  "safeconc_last_busy/0", "safeconc_stats/0",
-                                                  "safeconc_version/0"};
+const std::set<std::string> kExpectedFunctions = {
+    "safeconc_config/1",  "safeconc_config/2",  "safeconc_last_busy/0", "safeconc_stats/0",
+    "safeconc_waiters/0", "safeconc_waiters/1", "safeconc_version/0"};
 
 const char* kMillisAccepted = "an integer number of milliseconds from 0 to 86400000";
 const char* kTxnAccepted = "one of deferred, immediate, serial";

@@ -246,6 +246,7 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
     return true;
   }
   c.ReleaseTurn(t);  // held if only the shared turn could not be had
+  Xp(p).Cancel(p->handle_id);
   c.Cancel(t, Coordinator::CancelWhy::kTimeout);
   c.CountTurnSkipped();
   RecordFailure(p, lock, Outcome::kTimeout, "the write turn");

@@ -187,7 +187,7 @@ int64_t GrantLocked(XShared* s, int slot, bool upgrade, uint64_t ticket, uint64_
   const int f = (slot >= 0 && s->reserved == slot) ? -1 : AheadOfLocked(s, slot, now);
   if (f >= 0) {
     ++s->barges;
-    const int64_t waited = now - s->slots[f].arrived_ns;
+    const int64_t waited = std::max<int64_t>(0, now - s->slots[f].arrived_ns);
     if (!upgrade || waited < s->slots[f].fair_ns) {
       s->max_overtaken_wait_us = std::max<uint64_t>(s->max_overtaken_wait_us, waited / 1000);
     }
@@ -241,6 +241,13 @@ void EnterLocked(XShared* s, int i, uint64_t ticket, uint64_t tid, int64_t fair,
   s->waiting_hint.fetch_add(1, std::memory_order_relaxed);
 }
 
+// Is slot `i` still the place of `ticket` of this process? (A slot of a process that did not
+// run for kXprocStale may have been given to another.)
+bool MineLocked(XShared* s, int i, int32_t me, uint64_t ticket) SC_REQUIRES(s->mu) {
+  return i >= 0 && i < kSlots && s->slots[i].state == kWaiting && s->slots[i].pid == me &&
+         s->slots[i].ticket == ticket;
+}
+
 // A waiter leaves the line without the turn. Returns the slot to wake, -1 if none.
 int LeaveLocked(XShared* s, int slot, int64_t now) SC_REQUIRES(s->mu) {
   FreeSlotLocked(s, slot);
@@ -289,23 +296,66 @@ void CrossProcess::Count(bool waited, bool timeout, int64_t wait_ns, int64_t r2g
   if (r2g_ns >= 0) release_to_grant_us_.Add(static_cast<uint64_t>(r2g_ns / 1000));
 }
 
+int CrossProcess::TakeKept(uint64_t ticket) {
+  if (kept_count_.load(std::memory_order_relaxed) == 0) return -1;
+  MutexLock l(&mu_);
+  auto it = kept_.find(ticket);
+  if (it == kept_.end()) return -1;
+  const int slot = it->second;
+  kept_.erase(it);
+  kept_count_.store(static_cast<int>(kept_.size()), std::memory_order_relaxed);
+  return slot;
+}
+
+void CrossProcess::Keep(uint64_t ticket, int slot) {
+  MutexLock l(&mu_);
+  kept_[ticket] = slot;
+  kept_count_.store(static_cast<int>(kept_.size()), std::memory_order_relaxed);
+}
+
 CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid,
                                           std::chrono::nanoseconds fair, bool upgrade) {
   (void)fair;
   XShared* s = Shared();
   if (s == nullptr) return Grant::kUnavailable;
   const int32_t me = MyPid();
-  if (!LockShared(s)) return Grant::kUnavailable;
+  int slot = TakeKept(ticket);
+  if (!LockShared(s)) {
+    if (slot >= 0) Keep(ticket, slot);
+    return Grant::kUnavailable;
+  }
   const int64_t now = NowNs();
+  if (slot >= 0 && !MineLocked(s, slot, me, ticket)) slot = -1;
   const int wake = CheckHolderLocked(s, now, me);
   Grant g = Grant::kRefused;
-  if (MayTakeLocked(s, -1, upgrade, now, me)) {
-    GrantLocked(s, -1, upgrade, ticket, tid, now, me);
+  int64_t r2g = -1, arrived = now;
+  if (MayTakeLocked(s, slot, upgrade, now, me)) {
+    if (slot >= 0) arrived = s->slots[slot].arrived_ns;
+    r2g = GrantLocked(s, slot, upgrade, ticket, tid, now, me);
     g = Grant::kGranted;
+  } else if (slot >= 0) {
+    s->slots[slot].seen_ns = now;
   }
   s->mu.Unlock();
   WakeSlot(s, wake);
+  if (g == Grant::kGranted && slot >= 0) Count(true, false, now - arrived, r2g);
+  if (g != Grant::kGranted && slot >= 0) Keep(ticket, slot);
   return g;
+}
+
+void CrossProcess::Cancel(uint64_t ticket) {
+  const int slot = TakeKept(ticket);
+  XShared* s = Shared();
+  if (slot < 0 || s == nullptr || !LockShared(s)) return;  // unlocked: the slot goes stale
+  int wake = -1;
+  if (MineLocked(s, slot, MyPid(), ticket)) {
+    ++s->timeouts;
+    wake = LeaveLocked(s, slot, NowNs());
+  }
+  s->mu.Unlock();
+  WakeSlot(s, wake);
+  MutexLock l(&mu_);
+  ++timeouts_;
 }
 
 CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
@@ -313,37 +363,62 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
   XShared* s = Shared();
   if (s == nullptr) return Grant::kUnavailable;
   const int32_t me = MyPid();
-  const int64_t start = NowNs();
-  const int64_t until_ns = start + std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                       until - std::chrono::steady_clock::now())
-                                       .count();
-  if (!LockShared(s)) return Grant::kUnavailable;
-  int wake = CheckHolderLocked(s, start, me);
-  if (MayTakeLocked(s, -1, false, start, me)) {
-    GrantLocked(s, -1, false, ticket, tid, start, me);
-    s->mu.Unlock();
-    WakeSlot(s, wake);
-    return Grant::kGranted;
-  }
-  int slot = AllocLocked(s, start);
-  if (slot < 0) {  // the line is full: this request goes on without it
-    s->mu.Unlock();
-    WakeSlot(s, wake);
-    MutexLock l(&mu_);
-    ++unavailable_;
+  const int64_t until_ns = NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         until - std::chrono::steady_clock::now())
+                                         .count();
+  int slot = TakeKept(ticket);
+  if (!LockShared(s)) {
+    if (slot >= 0) Keep(ticket, slot);
     return Grant::kUnavailable;
   }
-  EnterLocked(s, slot, ticket, tid, Ns(fair), start, me);
+  int64_t now = NowNs();  // after the mutex: earlier than another's arrival it must not be
+  if (slot >= 0 && !MineLocked(s, slot, me, ticket)) slot = -1;
+  int wake = CheckHolderLocked(s, now, me);
+  if (slot < 0) {
+    if (MayTakeLocked(s, -1, false, now, me)) {
+      GrantLocked(s, -1, false, ticket, tid, now, me);
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      return Grant::kGranted;
+    }
+    slot = AllocLocked(s, now);
+    if (slot < 0) {  // the line is full: this request goes on without it
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      MutexLock l(&mu_);
+      ++unavailable_;
+      return Grant::kUnavailable;
+    }
+    EnterLocked(s, slot, ticket, tid, Ns(fair), now, me);
+  }
   for (;;) {
+    Slot& u = s->slots[slot];
+    u.seen_ns = now;
+    if (wake == slot) wake = -1;  // that is us
+    if (MayTakeLocked(s, slot, false, now, me)) {
+      const int64_t arrived = u.arrived_ns;
+      const int64_t r2g = GrantLocked(s, slot, false, ticket, tid, now, me);
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      Count(true, false, now - arrived, r2g);
+      return Grant::kGranted;
+    }
+    if (now >= until_ns) {  // keeps its place: Cancel() if the wait gives up
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      Keep(ticket, slot);
+      return Grant::kTimeout;
+    }
     const uint32_t seen = s->wake[slot].load(std::memory_order_acquire);
     s->mu.Unlock();
     WakeSlot(s, wake);
-    wake = -1;
     FutexWait(&s->wake[slot], seen, std::min(until_ns - NowNs(), Ns(timing::kXprocRecheck)));
-    if (!LockShared(s)) return Grant::kUnavailable;  // the slot goes stale and is skipped
-    const int64_t now = NowNs();
-    Slot& u = s->slots[slot];
-    if (u.state != kWaiting || u.pid != me || u.ticket != ticket) {
+    if (!LockShared(s)) {
+      Keep(ticket, slot);  // still ours if we come back before it goes stale
+      return Grant::kUnavailable;
+    }
+    now = NowNs();
+    if (!MineLocked(s, slot, me, ticket)) {
       // Taken back while this thread did not run for kXprocStale (a stopped process): again,
       // at the back of the line.
       slot = AllocLocked(s, now);
@@ -352,33 +427,15 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
         return Grant::kUnavailable;
       }
       EnterLocked(s, slot, ticket, tid, Ns(fair), now, me);
-      continue;
     }
-    u.seen_ns = now;
     wake = CheckHolderLocked(s, now, me);
-    if (wake == slot) wake = -1;  // that is us
-    if (MayTakeLocked(s, slot, false, now, me)) {
-      const int64_t r2g = GrantLocked(s, slot, false, ticket, tid, now, me);
-      s->mu.Unlock();
-      WakeSlot(s, wake);
-      Count(true, false, now - start, r2g);
-      return Grant::kGranted;
-    }
-    if (now >= until_ns) {
-      ++s->timeouts;
-      const int next = LeaveLocked(s, slot, now);
-      s->mu.Unlock();
-      WakeSlot(s, wake);
-      WakeSlot(s, next);
-      Count(false, true, 0, -1);
-      return Grant::kTimeout;
-    }
   }
 }
 
 void CrossProcess::Release(uint64_t ticket) {
   XShared* s = Shared();
   if (s == nullptr) return;
+  Cancel(ticket);  // a place kept in line, if any
   const int32_t me = MyPid();
   // Cheap look first: most releases of a handle that never took the shared turn.
   if (s->holder_hint.load(std::memory_order_relaxed) != me) return;

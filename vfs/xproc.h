@@ -43,6 +43,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "vfs/histogram.h"
@@ -163,10 +164,14 @@ class CrossProcess {
   // free at all, as stock SQLite grants a free write lock). A turn held by this process (a
   // handle revoked by the in-process coordinator) passes to `ticket`.
   Grant TryTake(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair, bool upgrade);
-  // Waits in the shared line until granted or `until` (steady_clock).
+  // Waits in the shared line until granted or `until` (steady_clock). On kTimeout the
+  // handle keeps its place (a binding's busy handler waits in steps): the next Take or
+  // TryTake of `ticket` goes on from it; Cancel() gives it up.
   Grant Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
              std::chrono::steady_clock::time_point until);
-  // Gives the turn back if `ticket` holds it.
+  // Leaves the line (a wait that gave up).
+  void Cancel(uint64_t ticket) SC_EXCLUDES(mu_);
+  // Gives the turn back if `ticket` holds it (and its place in line, if it kept one).
   void Release(uint64_t ticket);
   // Another process holds the turn or waits for it (a relaxed look, no mutex).
   bool Contended() const;
@@ -191,6 +196,9 @@ class CrossProcess {
   xproc::XShared* Shared() const { return shared_.load(std::memory_order_acquire); }
   bool LockShared(xproc::XShared* s) SC_TRY_ACQUIRE(true, s->mu);
   void Count(bool waited, bool timeout, int64_t wait_ns, int64_t r2g_ns) SC_EXCLUDES(mu_);
+  // The slot `ticket` kept in line (forgotten here), or -1.
+  int TakeKept(uint64_t ticket) SC_EXCLUDES(mu_);
+  void Keep(uint64_t ticket, int slot) SC_EXCLUDES(mu_);
 
   std::atomic<xproc::XShared*> shared_{nullptr};  // set once by Attach, then constant
   // Until then (ns), requests do not wait for the sidecar's mutex: it was not available.
@@ -207,6 +215,8 @@ class CrossProcess {
   uint64_t unavailable_ SC_GUARDED_BY(mu_) = 0;  // requests that went on without the sidecar
   Histogram wait_us_ SC_GUARDED_BY(mu_);
   Histogram release_to_grant_us_ SC_GUARDED_BY(mu_);
+  std::map<uint64_t, int> kept_ SC_GUARDED_BY(mu_);  // handle -> its slot kept in line
+  std::atomic<int> kept_count_{0};                   // kept_.size(), for a look without mu_
 };
 
 }  // namespace safeconc
