@@ -29,8 +29,7 @@ std::string SyncRefusal(Db* d, const char* what) {
            "re-enter the connection running it. Run it after the query finishes";
   }
   if (d->Busy()) {
-    return std::string(what) + ": the database is busy with " +
-           std::to_string(d->queue.size() + (d->running ? 1 : 0)) +
+    return std::string(what) + ": the database is busy with " + std::to_string(d->Pending()) +
            " async query(ies); await them first (the JS thread must not wait for the "
            "connection while a query on the pool waits for the JS thread)";
   }
@@ -207,8 +206,11 @@ ConnectionLock::ConnectionLock(Db* d) : mu_(sqlite3_db_mutex(d->db)) {
   // call on this thread: run those calls while waiting, instead of waiting for each other.
   while (sqlite3_mutex_try(mu_) != SQLITE_OK) {
     if (DrainUdfTasks(st) > 0) continue;
-    std::unique_lock<std::mutex> l(st->udf_mu);
-    st->udf_cv.wait_for(l, std::chrono::milliseconds(1), [&] { return !st->udf_queue.empty(); });
+    safeconc::MutexLock l(&st->udf_mu);
+    if (st->udf_queue.empty()) {
+      st->udf_cv.WaitUntil(&st->udf_mu,
+                           std::chrono::steady_clock::now() + std::chrono::milliseconds(1));
+    }
   }
 }
 

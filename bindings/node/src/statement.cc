@@ -134,7 +134,7 @@ std::string SyncRefusal(Stmt* s) {
            "query finishes";
   }
   if (d->Busy()) {
-    return "The database is busy with " + std::to_string(d->queue.size() + (d->running ? 1 : 0)) +
+    return "The database is busy with " + std::to_string(d->Pending()) +
            " async query(ies): await them before running a statement synchronously (the JS "
            "thread must not wait for the connection while a query on the pool waits for "
            "the JS thread)";
@@ -448,7 +448,7 @@ napi_value Columns(napi_env env, napi_callback_info info) {
   Stmt* s = c.s;
   if (!s->db->Open() || s->st == nullptr) return ThrowType(env, kNotOpen);
   if (!s->reader) return ThrowType(env, "This statement does not return data");
-  if (s->db->running && g_api->in_callback(s->db->db)) {
+  if (s->db->inflight > 0 && g_api->in_callback(s->db->db)) {
     return ThrowType(env,
                      "columns() was called from inside a user-defined function of a query "
                      "running on this statement's database");
@@ -510,7 +510,7 @@ napi_value New(napi_env env, napi_callback_info info) {
       return ThrowType(env, "Expected first argument to be a string");
     }
     if (!d->Open()) return ThrowType(env, kNotOpen);
-    if (d->running && g_api->in_callback(d->db)) {
+    if (d->inflight > 0 && g_api->in_callback(d->db)) {
       return ThrowType(env,
                        "prepare() was called from inside a user-defined function of a query "
                        "running on the pool on this database; prepare it beforehand");
