@@ -128,9 +128,10 @@ void FreeEnv(void* arg) {
   {
     safeconc::MutexLock l(&st->mu);
     st->done.clear();  // not delivered: deleted below
-    for (Job* j : jobs) {
-      if (j->submitted && !j->finished) on_pool.insert(j), in_use.insert(j->db.get());
-    }
+  }
+  for (Job* j : jobs) {
+    safeconc::MutexLock l(&j->st->mu);  // st->mu: the analysis names it through the job
+    if (j->submitted && !j->finished) on_pool.insert(j), in_use.insert(j->db.get());
   }
   for (Job* j : jobs) {
     // A job still on the pool after Quiesce's bound is left to finish alone, with what it

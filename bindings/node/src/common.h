@@ -214,10 +214,8 @@ struct Job {
   std::vector<std::vector<Val>> rows;
   int64_t changes = 0, last_rowid = 0;
   bool done = false;  // kFetch: the statement reached its end (or failed)
-  // Guarded by st->mu (not annotated: the analysis cannot name another object's mutex
-  // through a shared_ptr member).
-  bool submitted = false;  // handed to the pool
-  bool finished = false;   // the pool is done with it
+  bool submitted SC_GUARDED_BY(st->mu) = false;  // handed to the pool
+  bool finished SC_GUARDED_BY(st->mu) = false;   // the pool is done with it
   Tally tally{kLiveJobs};
 };
 

@@ -140,18 +140,19 @@ class Pool {
   }
 
   // The pool is done with j: queue it for its JS thread, unless teardown stopped deliveries.
+  // Every access goes through j->st, the path the analysis knows Job::finished by; j stays
+  // alive until the lock is released.
   static void Finish(Job* j) {
-    std::shared_ptr<EnvState> keep = j->st;  // j may be deleted as soon as mu is released
-    EnvState* st = keep.get();
-    safeconc::MutexLock l(&st->mu);
+    std::shared_ptr<EnvState> keep = j->st;  // outlives the lock: j may go once it is released
+    safeconc::MutexLock l(&j->st->mu);
     j->finished = true;
-    --st->running;
-    if (!st->torn_down) {
-      const bool wake = st->done.empty();  // else a call is pending and will find j
-      st->done.push_back(j);
-      if (wake) napi_call_threadsafe_function(st->done_tsfn, nullptr, napi_tsfn_nonblocking);
+    --j->st->running;
+    if (!j->st->torn_down) {
+      const bool wake = j->st->done.empty();  // else a call is pending and will find j
+      j->st->done.push_back(j);
+      if (wake) napi_call_threadsafe_function(j->st->done_tsfn, nullptr, napi_tsfn_nonblocking);
     }
-    st->cv.SignalAll();
+    j->st->cv.SignalAll();
   }
 
   safeconc::Mutex mu_;
@@ -174,8 +175,8 @@ void Submit(napi_env env, Db* d, Job* j) {
   ++d->inflight;
   if (st->jobs_submitted++ == 0) napi_ref_threadsafe_function(env, st->done_tsfn);
   {
-    safeconc::MutexLock l(&st->mu);
-    ++st->running;
+    safeconc::MutexLock l(&j->st->mu);  // == st->mu, named as Job::submitted names it
+    ++j->st->running;
     j->submitted = true;
   }
   Lane* ln = d->lane.get();
