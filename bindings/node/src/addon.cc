@@ -206,7 +206,8 @@ napi_value Init(napi_env env, napi_value exports) {
                                           DoneCallJs, &st->done_tsfn));
   napi_unref_threadsafe_function(env, st->done_tsfn);  // ref'd while jobs are out
   napi_add_env_cleanup_hook(env, TeardownHook, st);
-  if (!InitDatabase(env, exports) || !InitStatement(env, exports)) return nullptr;
+  if (!InitDatabase(env, exports) || !InitStatement(env, exports) || !InitBackup(env, exports))
+    return nullptr;
   struct {
     const char* name;
     napi_callback cb;

@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -161,6 +162,8 @@ struct Db {
   std::set<Stmt*> stmts;  // finalized when the connection closes
   std::vector<sqlite3_stmt*> finalize_later;  // statements collected while a job ran
   napi_ref udf_error = nullptr;               // what a JS UDF of a sync query threw last
+  napi_ref verbose = nullptr;                 // the verbose option: called with each SQL run
+  bool unsafe = false;                        // unsafeMode(): not defensive, writes while iterating
   Tally tally{kLiveDbs};
 
   ~Db();
@@ -187,7 +190,19 @@ struct Stmt {
 };
 
 // ---- Async jobs (pool.cc) ----
-enum class JobKind { kRun, kGet, kAll, kFetch, kReset, kExec };
+enum class JobKind { kRun, kGet, kAll, kFetch, kReset, kExec, kBackup };
+
+// db.backup(): its destination connection and the sqlite3_backup, stepped by kBackup jobs
+// (backup.cc) on the pool in the source connection's order: each step takes the source's
+// mutex, which a job of that connection may hold while it waits for this thread.
+struct Backup {
+  std::string dest, attached;
+  sqlite3* dest_db = nullptr;    // the pool thread running a kBackup job, or JS when idle
+  sqlite3_backup* b = nullptr;   // likewise
+  int total = 0, remaining = 0;  // after the last step
+  ~Backup();
+};
+enum BackupOp { kBackupInit = 0, kBackupStep = 1, kBackupFinish = 2 };
 
 // Inputs are written on the JS thread before the Job is handed to its Lane; results are
 // written by the pool thread and read on the JS thread after delivery. Both hand-offs go
@@ -200,8 +215,11 @@ struct Job {
   int flags = 0;    // RowFlags
   std::string sql;  // kExec
   std::vector<Val> params;
-  bool bind = true;  // kFetch: the first batch resets and binds
-  int batch = 0;     // kFetch: rows per batch
+  bool bind = true;                // kFetch: the first batch resets and binds
+  int batch = 0;                   // kFetch: rows per batch; kBackup: pages per step
+  int op = 0;                      // kBackup: BackupOp
+  std::shared_ptr<Backup> backup;  // kBackup
+  bool log = false;                // the connection has a verbose logger: fill logged
   napi_deferred deferred = nullptr;
   Job* prev = nullptr;           // EnvState::jobs, JS thread only
   Job* next = nullptr;           // EnvState::jobs, JS thread only
@@ -213,7 +231,8 @@ struct Job {
   std::vector<std::string> tables;  // kExpand
   std::vector<std::vector<Val>> rows;
   int64_t changes = 0, last_rowid = 0;
-  bool done = false;  // kFetch: the statement reached its end (or failed)
+  bool done = false;                // kFetch: the statement reached its end (or failed)
+  std::vector<std::string> logged;  // the SQL run, expanded, for the verbose logger
   bool submitted SC_GUARDED_BY(st->mu) = false;  // handed to the pool
   bool finished SC_GUARDED_BY(st->mu) = false;   // the pool is done with it
   Tally tally{kLiveJobs};
@@ -230,7 +249,18 @@ void DeleteJob(EnvState* st, Job* j);
 // Steps to completion on the calling thread, as the sync forms do (shared with the pool).
 // Fills names/rows/changes/rc/error of j.
 void RunStatementInto(sqlite3* db, sqlite3_stmt* st, Job* j, int max_rows);
-void ExecScript(sqlite3* db, const std::string& sql, int* rc, std::string* err);
+// A script, as sqlite3_exec runs it. before(stmt), when given, runs before each statement is
+// stepped; false stops the script with *rc = kStopped (the caller has its reason).
+constexpr int kStopped = -1;
+void ExecScript(sqlite3* db, const std::string& sql, int* rc, std::string* err,
+                const std::function<bool(sqlite3_stmt*)>& before = nullptr);
+// The SQL the verbose logger is given: the statement with its bound values expanded.
+std::string ExpandedSql(sqlite3_stmt* st);
+// Calls d's verbose logger, if any, with sql; false with its exception pending if it threw.
+bool Log(napi_env env, Db* d, const std::string& sql);
+void RunBackup(Job* j);  // backup.cc: a kBackup job, on the pool
+napi_value DbBackup(napi_env env, napi_callback_info info);  // db._backup(handle, op, pages)
+napi_value InitBackup(napi_env env, napi_value exports);
 void DeliverDone(napi_env env, EnvState* st);  // done_tsfn's call_js: every finished Job
 // The slot a JS UDF of d that throws keeps its exception in: the Job stepping on the pool if
 // one is, else the connection's (a sync query). JS thread, inside the UDF.
@@ -274,6 +304,12 @@ class ConnectionLock {
  private:
   sqlite3_mutex* mu_;
 };
+
+// The values of args (a JS array of run()'s arguments) for s's parameters, in order
+// (params.cc). false with an exception pending when they do not fit.
+bool ResolveParams(napi_env env, Stmt* s, napi_value args, std::vector<Val>* out);
+// The same, or bind()'s values when s has them (then args must be empty).
+bool Params(napi_env env, Stmt* s, napi_value args, std::vector<Val>* out);
 
 // Module parts: each adds its methods to exports.
 napi_value InitDatabase(napi_env env, napi_value exports);

@@ -115,7 +115,17 @@ class Pool {
     sqlite3* db = j->db->db;
     switch (j->kind) {
       case JobKind::kExec:
-        ExecScript(db, j->sql, &j->rc, &j->error);
+        if (j->log) {
+          ExecScript(db, j->sql, &j->rc, &j->error, [j](sqlite3_stmt* s) {
+            j->logged.push_back(ExpandedSql(s));
+            return true;
+          });
+        } else {
+          ExecScript(db, j->sql, &j->rc, &j->error);
+        }
+        return;
+      case JobKind::kBackup:
+        RunBackup(j);
         return;
       case JobKind::kReset:
         if (j->stmt->st) sqlite3_reset(j->stmt->st);
@@ -135,6 +145,7 @@ class Pool {
           return;
         }
       }
+      if (j->log) j->logged.push_back(ExpandedSql(st));
     }
     RunStatementInto(db, st, j, j->kind == JobKind::kFetch ? j->batch : 0);
   }
@@ -243,6 +254,17 @@ napi_value RowsToJs(napi_env env, Job* j) {
       napi_set_named_property(env, out, "done", done);
       return out;
     }
+    case JobKind::kBackup: {
+      napi_value v;
+      napi_create_object(env, &out);
+      napi_create_int32(env, j->backup->total, &v);
+      napi_set_named_property(env, out, "totalPages", v);
+      napi_create_int32(env, j->backup->remaining, &v);
+      napi_set_named_property(env, out, "remainingPages", v);
+      napi_get_boolean(env, j->done, &v);
+      napi_set_named_property(env, out, "done", v);
+      return out;
+    }
     default:
       napi_get_undefined(env, &out);
       return out;
@@ -284,14 +306,55 @@ void RunStatementInto(sqlite3* db, sqlite3_stmt* st, Job* j, int max_rows) {
   if (j->kind != JobKind::kFetch || j->done) sqlite3_reset(st);
 }
 
-void ExecScript(sqlite3* db, const std::string& sql, int* rc, std::string* err) {
+namespace {
+
+// sqlite3_exec's loop, with before() called ahead of each statement.
+int ExecEach(sqlite3* db, const std::string& sql,
+             const std::function<bool(sqlite3_stmt*)>& before) {
+  const char* p = sql.c_str();
+  for (;;) {
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';') ++p;
+    if (*p == '\0') break;
+    sqlite3_stmt* s = nullptr;
+    const char* tail = nullptr;
+    int rc = sqlite3_prepare_v2(db, p, -1, &s, &tail);
+    if (rc != SQLITE_OK) return rc;
+    p = tail;
+    if (s == nullptr) continue;  // whitespace or a comment
+    if (!before(s)) {
+      sqlite3_finalize(s);
+      return kStopped;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    }
+    rc = sqlite3_finalize(s);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return SQLITE_OK;
+}
+
+}  // namespace
+
+std::string ExpandedSql(sqlite3_stmt* st) {
+  char* x = sqlite3_expanded_sql(st);
+  std::string out = x ? x : sqlite3_sql(st);
+  sqlite3_free(x);
+  return out;
+}
+
+void ExecScript(sqlite3* db, const std::string& sql, int* rc, std::string* err,
+                const std::function<bool(sqlite3_stmt*)>& before) {
   const bool was_autocommit = sqlite3_get_autocommit(db) != 0;
   char* msg = nullptr;
-  *rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg);
-  if (*rc != SQLITE_OK) {
+  *rc = before ? ExecEach(db, sql, before) : sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg);
+  if (*rc == kStopped) {
+    if (was_autocommit && sqlite3_get_autocommit(db) == 0) {
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+  } else if (*rc != SQLITE_OK) {
     const int ext = sqlite3_extended_errcode(db);
     if ((ext & 0xff) == (*rc & 0xff)) *rc = ext;
-    *err = msg ? msg : sqlite3_errstr(*rc);
+    *err = msg ? msg : sqlite3_errmsg(db);
     // A script that failed after opening a transaction of its own leaves the connection as it
     // found it: rolled back. Otherwise the jobs queued behind it (other callers' work) would
     // run inside it, or fail with "cannot start a transaction within a transaction".
@@ -358,7 +421,18 @@ void DeliverJob(napi_env env, Job* j) {
   }
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  if (j->rc != SQLITE_OK) {
+  // The verbose logger sees what ran (after the fact, on this thread); if it throws, the
+  // promise rejects with its exception.
+  napi_value log_error = nullptr;
+  for (const std::string& sql : j->logged) {
+    if (!Log(env, d, sql)) {
+      napi_get_and_clear_last_exception(env, &log_error);
+      break;
+    }
+  }
+  if (log_error) {
+    napi_reject_deferred(env, j->deferred, log_error);
+  } else if (j->rc != SQLITE_OK) {
     napi_value e = nullptr;
     if (j->udf_error) napi_get_reference_value(env, j->udf_error, &e);
     napi_reject_deferred(env, j->deferred, e ? e : MakeSqliteError(env, j->error, j->rc));
