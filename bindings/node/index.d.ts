@@ -15,6 +15,27 @@ declare namespace Database {
     timeout?: number;
     /** Path of libsafeconc; default: next to the addon. */
     libsafeconc?: string;
+    /**
+     * Called with every SQL statement run, its bound values expanded: before it runs for the
+     * sync forms and exec (a throw stops it), after it ran for the async twins (a throw
+     * rejects their promise).
+     */
+    verbose?: ((sql: string) => void) | null;
+  }
+
+  interface BackupMetadata {
+    totalPages: number;
+    remainingPages: number;
+  }
+  interface BackupOptions {
+    /** The attached database to copy. Default 'main'. */
+    attached?: string;
+    /** Called after each step; a returned number sets the pages per step (0 pauses). */
+    progress?: (info: BackupMetadata) => number | void;
+  }
+  interface SerializeOptions {
+    /** The attached database to serialize. Default 'main'. */
+    attached?: string;
   }
 
   interface RunResult {
@@ -97,12 +118,20 @@ declare namespace Database {
     function(name: string, options: RegistrationOptions, fn: (...args: any[]) => unknown): this;
     aggregate<T>(name: string, options: AggregateOptions<T>): this;
     defaultSafeIntegers(toggle?: boolean): this;
+    loadExtension(path: string, entryPoint?: string): this;
+    /** Not defensive, and writes allowed while an iterator is open. */
+    unsafeMode(toggle?: boolean): this;
+    /** The database's bytes (an empty Buffer for an empty database). */
+    serialize(options?: SerializeOptions): Buffer;
+    /** An online backup to the file destination, stepped on the addon's threads. */
+    backup(destination: string, options?: BackupOptions): Promise<BackupMetadata>;
     close(): this;
   }
 
   interface DatabaseConstructor {
-    new (filename?: string, options?: Options): Database;
-    (filename?: string, options?: Options): never;
+    /** A Buffer from serialize() opens an in-memory database holding a copy of it. */
+    new (filename?: string | Buffer, options?: Options): Database;
+    (filename?: string | Buffer, options?: Options): never;
     prototype: Database;
     readonly Database: DatabaseConstructor;
     readonly SqliteError: SqliteErrorConstructor;

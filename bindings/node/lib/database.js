@@ -4,6 +4,9 @@
 const { native, soPath } = require('./native');
 const Statement = require('./statement');
 
+const BACKUP_INIT = 0;
+const BACKUP_STEP = 1;
+const BACKUP_FINISH = 2;
 const SQLITE_DETERMINISTIC = 0x800;
 const SQLITE_DIRECTONLY = 0x80000;
 const txStatements = new WeakMap();
@@ -14,6 +17,11 @@ function isMemory(name) {
 
 class Database extends native.Database {
   constructor(filename = '', options = {}) {
+    let buffer;
+    if (Buffer.isBuffer(filename)) {
+      // serialize()d bytes: an in-memory database holding a copy of them.
+      [buffer, filename] = [filename, ':memory:'];
+    }
     if (typeof filename !== 'string') throw new TypeError('Expected first argument to be a string');
     if (options === null || typeof options !== 'object') {
       throw new TypeError('Expected second argument to be an options object');
@@ -25,8 +33,13 @@ class Database extends native.Database {
     if (options.libsafeconc !== undefined && typeof options.libsafeconc !== 'string') {
       throw new TypeError('Expected the "libsafeconc" option to be a string');
     }
-    const flags = (options.readonly ? 1 : 0) | (options.fileMustExist ? 2 : 0);
-    super(filename, flags, timeout, options.libsafeconc || soPath);
+    const verbose = options.verbose === undefined ? null : options.verbose;
+    if (verbose !== null && typeof verbose !== 'function') {
+      throw new TypeError('Expected the "verbose" option to be a function');
+    }
+    const flags = (options.readonly ? 1 : 0) | (options.fileMustExist && !buffer ? 2 : 0);
+    super(filename, flags, timeout, options.libsafeconc || soPath, buffer);
+    if (verbose) this._setVerbose(verbose);
     Object.defineProperty(this, 'name', { value: filename, enumerable: true });
     Object.defineProperty(this, 'memory', { value: isMemory(filename), enumerable: true });
     this._safeIntegers = false;
@@ -53,6 +66,75 @@ class Database extends native.Database {
   close() {
     super.close();
     return this;
+  }
+
+  loadExtension(path, entryPoint) {
+    super.loadExtension(path, entryPoint);
+    return this;
+  }
+
+  unsafeMode(toggle = true) {
+    if (typeof toggle !== 'boolean') throw new TypeError('Expected first argument to be a boolean');
+    super.unsafeMode(toggle);
+    return this;
+  }
+
+  serialize(options = {}) {
+    if (options === null || typeof options !== 'object') {
+      throw new TypeError('Expected first argument to be an options object');
+    }
+    const attached = options.attached === undefined ? 'main' : options.attached;
+    if (typeof attached !== 'string') throw new TypeError('Expected the "attached" option to be a string');
+    if (!attached) throw new TypeError('The "attached" option cannot be an empty string');
+    return this._serialize(attached);
+  }
+
+  /**
+   * SQLite's online backup to the file `destination`, stepped on the pool in this
+   * connection's order (100 pages per step unless progress() returns another count; 0 pauses).
+   */
+  async backup(destination, options = {}) {
+    if (typeof destination !== 'string') throw new TypeError('Expected first argument to be a string');
+    if (options === null || typeof options !== 'object') {
+      throw new TypeError('Expected second argument to be an options object');
+    }
+    const attached = options.attached === undefined ? 'main' : options.attached;
+    const progress = options.progress === undefined ? null : options.progress;
+    if (typeof attached !== 'string') throw new TypeError('Expected the "attached" option to be a string');
+    if (!attached) throw new TypeError('The "attached" option cannot be an empty string');
+    if (progress !== null && typeof progress !== 'function') {
+      throw new TypeError('Expected the "progress" option to be a function');
+    }
+    if (!destination) throw new TypeError('Backup filename cannot be an empty string');
+    if (destination === ':memory:') throw new TypeError('Invalid backup filename ":memory:"');
+    const handle = native._backupNew(destination, attached);
+    await this._backup(handle, BACKUP_INIT, 0);
+    let pages = 100;
+    let finished = false;
+    try {
+      for (;;) {
+        const r = await this._backup(handle, BACKUP_STEP, pages);
+        const report = { totalPages: r.totalPages, remainingPages: r.remainingPages };
+        if (r.done) {
+          finished = true;
+          await this._backup(handle, BACKUP_FINISH, 0);
+          return report;
+        }
+        if (progress) {
+          const next = progress(report);
+          if (next !== undefined) {
+            if (typeof next !== 'number' || !Number.isInteger(next) || next < 0 || next > 0x7fffffff) {
+              throw new TypeError('Expected progress callback to return a non-negative integer');
+            }
+            pages = next;
+          }
+        }
+        if (pages === 0) await new Promise((resolve) => setImmediate(resolve)); // paused
+      }
+    } finally {
+      // Failed or aborted (progress threw, close()): release the backup, keep the first error.
+      if (!finished) await this._backup(handle, BACKUP_FINISH, 0).catch(() => {});
+    }
   }
 
   defaultSafeIntegers(toggle = true) {

@@ -34,7 +34,7 @@ std::atomic<int64_t> g_live[kLiveKinds];
 
 namespace {
 
-std::mutex g_load_mu;  // guards the one-time load of libsafeconc
+safeconc::Mutex g_load_mu;  // held through the one-time load of libsafeconc (g_api)
 
 using Slot = std::shared_ptr<EnvState>;
 
@@ -46,7 +46,7 @@ Slot* SlotOf(napi_env env) {
 
 // The process-wide load: libsafeconc through sqlite3_load_extension, then its API table.
 bool LoadLibrary(const std::string& so, std::string* why) {
-  std::lock_guard<std::mutex> l(g_load_mu);
+  safeconc::MutexLock l(&g_load_mu);
   if (g_api) return true;
   sqlite3* tmp = nullptr;
   if (sqlite3_open_v2(":memory:", &tmp, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
@@ -81,12 +81,12 @@ int Hook(void* arg, safeconc_task* task) {
   EnvState* st = static_cast<EnvState*>(arg);
   bool wake;
   {
-    std::lock_guard<std::mutex> l(st->udf_mu);
+    safeconc::MutexLock l(&st->udf_mu);
     if (st->udf_closed) return 1;
     wake = st->udf_queue.empty();  // else a wake-up is pending already
     st->udf_queue.push_back(task);
   }
-  st->udf_cv.notify_one();
+  st->udf_cv.Signal();
   // Only fails while the environment closes; CloseOwner then runs the queued task.
   if (wake) napi_call_threadsafe_function(st->udf_tsfn, nullptr, napi_tsfn_nonblocking);
   return 0;
@@ -98,8 +98,8 @@ void UdfWake(napi_env env, napi_value, void* ctx, void*) {
   if (env != nullptr) DrainUdfTasks(static_cast<EnvState*>(ctx));
 }
 
-void DoneCallJs(napi_env env, napi_value, void*, void* data) {
-  DeliverJob(env, static_cast<Job*>(data));
+void DoneCallJs(napi_env env, napi_value, void* ctx, void*) {
+  DeliverDone(env, static_cast<EnvState*>(ctx));
 }
 
 // Cleanup hook added right after udf_tsfn was created, so it runs before the function's own
@@ -121,25 +121,29 @@ void FreeEnv(void* arg) {
   auto* slot = static_cast<Slot*>(arg);
   EnvState* st = slot->get();
   napi_env env = st->env;
-  for (Job* j : std::set<Job*>(st->jobs)) {
-    bool on_pool;
-    {
-      std::lock_guard<std::mutex> l(st->mu);
-      on_pool = j->submitted && !j->finished;
-    }
+  std::vector<Job*> jobs;
+  for (Job* j = st->jobs; j; j = j->next) jobs.push_back(j);
+  std::set<Job*> on_pool;
+  std::set<Db*> in_use;  // connections a job still on the pool uses
+  {
+    safeconc::MutexLock l(&st->mu);
+    st->done.clear();  // not delivered: deleted below
+  }
+  for (Job* j : jobs) {
+    safeconc::MutexLock l(&j->st->mu);  // st->mu: the analysis names it through the job
+    if (j->submitted && !j->finished) on_pool.insert(j), in_use.insert(j->db.get());
+  }
+  for (Job* j : jobs) {
     // A job still on the pool after Quiesce's bound is left to finish alone, with what it
     // uses: freeing it would free memory in use.
-    if (!on_pool) DeleteJob(st, j);
+    if (on_pool.count(j) == 0) DeleteJob(st, j);
   }
   for (Db* d : std::set<Db*>(st->dbs)) {
     d->queue.clear();  // their jobs were deleted above
-    bool on_pool = false;
-    if (d->running) {
-      std::lock_guard<std::mutex> l(st->mu);
-      on_pool = d->running->submitted && !d->running->finished;
+    if (in_use.count(d) == 0) {
+      d->inflight = 0;
+      d->CloseNow(env);
     }
-    d->running = nullptr;
-    if (!on_pool) d->CloseNow(env);
   }
   FreeFuncs(st);
   for (napi_ref* r : {&st->sqlite_error, &st->db_ctor, &st->stmt_ctor}) {
@@ -202,7 +206,8 @@ napi_value Init(napi_env env, napi_value exports) {
                                           DoneCallJs, &st->done_tsfn));
   napi_unref_threadsafe_function(env, st->done_tsfn);  // ref'd while jobs are out
   napi_add_env_cleanup_hook(env, TeardownHook, st);
-  if (!InitDatabase(env, exports) || !InitStatement(env, exports)) return nullptr;
+  if (!InitDatabase(env, exports) || !InitStatement(env, exports) || !InitBackup(env, exports))
+    return nullptr;
   struct {
     const char* name;
     napi_callback cb;
@@ -230,7 +235,7 @@ std::shared_ptr<EnvState> StateRef(napi_env env) {
 int DrainUdfTasks(EnvState* st) {
   std::deque<safeconc_task*> batch;
   {
-    std::lock_guard<std::mutex> l(st->udf_mu);
+    safeconc::MutexLock l(&st->udf_mu);
     batch.swap(st->udf_queue);
   }
   for (safeconc_task* t : batch) g_api->task_run(t);
@@ -243,7 +248,7 @@ void CloseOwner(EnvState* st) {
   g_api->owner_close(st->owner);  // fails waiting calls; returns once no hook call runs
   st->owner = nullptr;
   {
-    std::lock_guard<std::mutex> l(st->udf_mu);
+    safeconc::MutexLock l(&st->udf_mu);
     st->udf_closed = true;
   }
   DrainUdfTasks(st);  // on a closed owner task_run only releases each task

@@ -18,106 +18,6 @@ enum Mode { kModeRun = 0, kModeGet = 1, kModeAll = 2 };
 
 const char* const kNotOpen = "The database connection is not open";
 
-bool IsPlainObject(napi_env env, napi_value v) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_object) return false;
-  bool is = false;
-  if ((napi_is_array(env, v, &is) == napi_ok && is) ||
-      (napi_is_buffer(env, v, &is) == napi_ok && is) ||
-      (napi_is_typedarray(env, v, &is) == napi_ok && is)) {
-    return false;
-  }
-  return true;
-}
-
-// Parameters as better-sqlite3 takes them: values and arrays of values fill the anonymous
-// parameters in order; one plain object gives the named ones (@a :a $a read key "a").
-bool ResolveParams(napi_env env, Stmt* s, napi_value args, std::vector<Val>* out) {
-  uint32_t argc = 0;
-  napi_get_array_length(env, args, &argc);
-  std::vector<napi_value> positional;
-  napi_value named = nullptr;
-  for (uint32_t i = 0; i < argc; ++i) {
-    napi_value a;
-    napi_get_element(env, args, i, &a);
-    bool is_array = false;
-    napi_is_array(env, a, &is_array);
-    if (is_array) {
-      uint32_t n = 0;
-      napi_get_array_length(env, a, &n);
-      for (uint32_t k = 0; k < n; ++k) {
-        napi_value e;
-        napi_get_element(env, a, k, &e);
-        positional.push_back(e);
-      }
-    } else if (IsPlainObject(env, a)) {
-      if (named) {
-        ThrowType(env, "You cannot specify named parameters in two different objects");
-        return false;
-      }
-      named = a;
-    } else {
-      positional.push_back(a);
-    }
-  }
-  const int count = sqlite3_bind_parameter_count(s->st);
-  out->assign(static_cast<size_t>(count), Val());
-  size_t next = 0;
-  bool has_named = false;
-  for (int i = 1; i <= count; ++i) {
-    const char* name = sqlite3_bind_parameter_name(s->st, i);
-    napi_value v;
-    std::string label;
-    if (name == nullptr || name[0] == '?') {
-      if (next >= positional.size()) {
-        ThrowRange(env, "Too few parameter values were provided");
-        return false;
-      }
-      v = positional[next++];
-      label = "parameter " + std::to_string(i);
-    } else {
-      has_named = true;
-      bool has = false;
-      if (named) napi_has_named_property(env, named, name + 1, &has);
-      if (!has) {
-        ThrowRange(env, std::string("Missing named parameter \"") + (name + 1) + "\"");
-        return false;
-      }
-      napi_get_named_property(env, named, name + 1, &v);
-      label = std::string("parameter ") + name;
-    }
-    std::string why;
-    if (!ToVal(env, v, &(*out)[static_cast<size_t>(i) - 1], &why)) {
-      ThrowType(env, label + " cannot be bound: " + why);
-      return false;
-    }
-  }
-  if (next < positional.size()) {
-    ThrowRange(env, "Too many parameter values were provided");
-    return false;
-  }
-  if (named && !has_named) {
-    ThrowType(env, "This statement has no named parameters, but an object of them was given");
-    return false;
-  }
-  return true;
-}
-
-// The parameters of one execution: given now, or bound for good by bind().
-bool Params(napi_env env, Stmt* s, napi_value args, std::vector<Val>* out) {
-  if (s->has_bound) {
-    uint32_t n = 0;
-    napi_get_array_length(env, args, &n);
-    if (n > 0) {
-      ThrowType(env, "This statement already has bound parameters");
-      return false;
-    }
-    *out = s->bound;
-    return true;
-  }
-  return ResolveParams(env, s, args, out);
-}
-
 // Why s cannot run synchronously now, or nullptr.
 std::string SyncRefusal(Stmt* s) {
   Db* d = s->db.get();
@@ -134,7 +34,7 @@ std::string SyncRefusal(Stmt* s) {
            "query finishes";
   }
   if (d->Busy()) {
-    return "The database is busy with " + std::to_string(d->queue.size() + (d->running ? 1 : 0)) +
+    return "The database is busy with " + std::to_string(d->Pending()) +
            " async query(ies): await them before running a statement synchronously (the JS "
            "thread must not wait for the connection while a query on the pool waits for "
            "the JS thread)";
@@ -152,6 +52,14 @@ bool Bind(napi_env env, Stmt* s, const std::vector<Val>& params) {
     }
   }
   return true;
+}
+
+// The verbose logger, with the statement as bound; if it throws, the statement does not run.
+bool LogRun(napi_env env, Stmt* s) {
+  if (s->db->verbose == nullptr) return true;
+  if (Log(env, s->db.get(), ExpandedSql(s->st))) return true;
+  sqlite3_reset(s->st);
+  return false;
 }
 
 std::vector<std::string> Names(sqlite3_stmt* st, int flags, std::vector<std::string>* tables) {
@@ -218,8 +126,12 @@ napi_value StepSync(napi_env env, napi_callback_info info) {
     if (mode != kModeRun && !s->reader) {
       return ThrowType(env, "This statement does not return data. Use run() instead");
     }
+    if (mode == kModeRun && s->db->iterating > 0 && !s->db->unsafe) {
+      return ThrowType(env, "This database connection is busy executing a query");
+    }
     std::vector<Val> params;
     if (!Params(env, s, c.argv[2], &params) || !Bind(env, s, params)) return nullptr;
+    if (!LogRun(env, s)) return nullptr;
     sqlite3* db = s->db->db;
     sqlite3_stmt* st = s->st;
     const bool safe = flags & kSafeInts;
@@ -287,6 +199,7 @@ napi_value StepAsync(napi_env env, napi_callback_info info) {
     j->stmt = c.ref;
     j->kind = mode == kModeRun ? JobKind::kRun : mode == kModeGet ? JobKind::kGet : JobKind::kAll;
     j->flags = IntArg(env, c.argv[1]);
+    j->log = s->db->verbose != nullptr;
     return QueueJob(env, std::move(j));
   } catch (const std::bad_alloc&) {
     return ThrowError(env, "out of memory");
@@ -303,6 +216,7 @@ napi_value IterOpen(napi_env env, napi_callback_info info) {
   if (!s->reader) return ThrowType(env, "This statement does not return data. Use run() instead");
   std::vector<Val> params;
   if (!Params(env, s, c.argv[0], &params) || !Bind(env, s, params)) return nullptr;
+  if (!LogRun(env, s)) return nullptr;
   s->iter = 1;
   ++s->db->iterating;
   return nullptr;
@@ -391,6 +305,7 @@ napi_value Fetch(napi_env env, napi_callback_info info) {
     j->batch = IntArg(env, c.argv[1]);
     if (j->batch <= 0) j->batch = 100;
     j->bind = first;
+    j->log = first && s->db->verbose != nullptr;
     if (first) j->params = std::move(s->iter_params);
     return QueueJob(env, std::move(j));
   } catch (const std::bad_alloc&) {
@@ -448,7 +363,7 @@ napi_value Columns(napi_env env, napi_callback_info info) {
   Stmt* s = c.s;
   if (!s->db->Open() || s->st == nullptr) return ThrowType(env, kNotOpen);
   if (!s->reader) return ThrowType(env, "This statement does not return data");
-  if (s->db->running && g_api->in_callback(s->db->db)) {
+  if (s->db->inflight > 0 && g_api->in_callback(s->db->db)) {
     return ThrowType(env,
                      "columns() was called from inside a user-defined function of a query "
                      "running on this statement's database");
@@ -510,7 +425,7 @@ napi_value New(napi_env env, napi_callback_info info) {
       return ThrowType(env, "Expected first argument to be a string");
     }
     if (!d->Open()) return ThrowType(env, kNotOpen);
-    if (d->running && g_api->in_callback(d->db)) {
+    if (d->inflight > 0 && g_api->in_callback(d->db)) {
       return ThrowType(env,
                        "prepare() was called from inside a user-defined function of a query "
                        "running on the pool on this database; prepare it beforehand");

@@ -3,9 +3,9 @@
 //
 // A callback runs on the JS thread: directly when the JS thread steps the statement (the
 // sync API), or through the environment's owner when a pool thread does (the async twins).
-// A JS exception fails the statement; its JS value is kept on the connection
-// (Db::udf_error) so the statement throws or rejects with that very error, class and
-// `code` included, as better-sqlite3 does.
+// A JS exception fails the statement; its JS value is kept on the Job that stepped it
+// (Job::udf_error), or on the connection for a sync query (Db::udf_error), so the statement
+// throws or rejects with that very error, class and `code` included, as better-sqlite3 does.
 #include <vector>
 
 #include "common.h"
@@ -116,8 +116,10 @@ bool CallJs(FuncData* f, safeconc_ctx* ctx, napi_value fn, size_t argc, const na
     napi_value exc;
     napi_get_and_clear_last_exception(env, &exc);
     msg = ExceptionMessage(env, exc);
-    ClearUdfError(env, f->db);
-    napi_create_reference(env, exc, 1, &f->db->udf_error);
+    napi_ref* slot = UdfErrorSlot(f->db);
+    if (*slot) napi_delete_reference(env, *slot);
+    *slot = nullptr;
+    napi_create_reference(env, exc, 1, slot);
   }
   g_api->result_error(ctx, msg.c_str(), 0);
   return false;

@@ -33,5 +33,21 @@ try {
     void code;
   }
 }
-void [id, name, rows, n, cols, simple, twins, Database.liveObjects().databases];
+const logged: string[] = [];
+const verbose: Database.Database = new Database(':memory:', { verbose: (sql: string) => void logged.push(sql) });
+const bytes: Buffer = db.serialize({ attached: 'main' });
+const copy: Database.Database = new Database(bytes, { readonly: true });
+const props: [string, boolean, boolean, boolean, boolean] = [copy.name, copy.open, copy.readonly, copy.memory, copy.inTransaction];
+const stmt = db.prepare('SELECT 1');
+const sprops: [Database.Database, string, boolean, boolean, boolean] = [stmt.database, stmt.source, stmt.reader, stmt.readonly, stmt.busy];
+db.unsafeMode().unsafeMode(false).defaultSafeIntegers(true).defaultSafeIntegers();
+async function extras(): Promise<void> {
+  const done: Database.BackupMetadata = await db.backup('copy.db', {
+    attached: 'main',
+    progress: ({ totalPages, remainingPages }) => (totalPages - remainingPages > 100 ? 0 : 100),
+  });
+  void done.remainingPages;
+  db.loadExtension('./ext.so').loadExtension('./ext.so', 'sqlite3_ext_init');
+}
+void [id, name, rows, n, cols, simple, twins, extras, verbose, props, sprops, Database.liveObjects().databases];
 db.close();
