@@ -34,7 +34,9 @@
 //              in-process coordinator's release_to_grant_us. Histogram buckets, ~19% steps.
 //   xwaits     sidecar: grants after waiting in the shared line / all shared-turn grants
 //              (all_processes.waits / acquisitions, read by the last process to finish),
-//              then barges and the longest wait overtaken (max_overtaken_wait_us)
+//              then the waits that timed out in the shared line (all_processes.timeouts: a
+//              wait bounded by one busy-handler step that left the line), barges and the
+//              longest wait overtaken (max_overtaken_wait_us)
 // Under each cell, the targets: sidecar/1-process throughput (>= 0.8x), sidecar/
 // 1-process max latency (<= 1.5x), sidecar max / stock max (<= 0.2), sidecar failures (0),
 // cross-process release-to-grant p50 (< 100 us); a summary of all cells comes last.
@@ -87,7 +89,7 @@ struct Report {
   int64_t end_ns = 0;  // when its last transaction ended (steady_clock)
   int64_t samples = 0;
   int64_t r2g_count = -1, r2g_p50 = -1, r2g_p99 = -1;  // see the top of the file
-  int64_t all_acq = -1, all_waits = -1, all_barges = -1, all_overtaken_us = -1;
+  int64_t all_acq = -1, all_waits = -1, all_barges = -1, all_overtaken_us = -1, all_timeouts = -1;
   int64_t went_without = -1;
   char mode[16] = "";  // crossproc.mode as this process saw it
 };
@@ -96,7 +98,7 @@ struct Result {
   double tps = 0, p50_ms = 0, p99_ms = 0, max_ms = 0, cpu = 0;
   int64_t failures = 0;
   int64_t r2g_p50 = -1, r2g_p99 = -1;
-  int64_t acq = -1, waits = -1, barges = -1, overtaken_us = -1, went_without = 0;
+  int64_t acq = -1, waits = -1, barges = -1, overtaken_us = -1, timeouts = -1, went_without = 0;
   int64_t overtaken_bad = 0;  // a negative reading: the counter wrapped (a uint64 above 2^63)
   std::string modes;          // distinct crossproc modes the processes reported
   int bad_exits = 0;
@@ -237,6 +239,7 @@ int Worker(Peer peer, const std::string& path, int threads, int ready_fd, int go
       r.all_waits = JsonInt(json, "waits", all);
       r.all_barges = JsonInt(json, "barges", all);
       r.all_overtaken_us = JsonInt(json, "max_overtaken_wait_us", all);
+      r.all_timeouts = JsonInt(json, "timeouts", all);
       r.went_without = JsonInt(json, "went_without", xp);
       // Cross-process r2g for the sidecar; the in-process coordinator's for one process.
       const size_t hist = peer == Peer::kOneProcess
@@ -324,6 +327,7 @@ Result RunCell(Peer peer, const char* journal, int procs, int threads, double se
       if (r.all_acq > res.acq) {
         res.acq = r.all_acq;
         res.waits = r.all_waits;
+        res.timeouts = r.all_timeouts;
       }
       res.barges = std::max(res.barges, r.all_barges);
       res.overtaken_us = std::max(res.overtaken_us, r.all_overtaken_us);
@@ -386,14 +390,14 @@ Verdict RunRow(const char* journal, int procs, int threads, double seconds) {
     char r2g[32] = "-", xw[128] = "";
     if (r.r2g_p50 >= 0) std::snprintf(r2g, sizeof r2g, "%ld/%ld us", r.r2g_p50, r.r2g_p99);
     if (peers[i] == Peer::kSidecar && r.acq > 0) {
-      std::snprintf(xw, sizeof xw, "%ld/%ld, barges %ld, overtaken %.1f ms", r.waits, r.acq,
-                    r.barges, static_cast<double>(r.overtaken_us) / 1000.0);
+      std::snprintf(xw, sizeof xw, "%ld/%ld, timeouts %ld, barges %ld, overtaken %.1f ms", r.waits,
+                    r.acq, r.timeouts, r.barges, static_cast<double>(r.overtaken_us) / 1000.0);
     }
     if (r.overtaken_bad < 0) {
       std::snprintf(xw, sizeof xw,
-                    "%ld/%ld, barges %ld, overtaken INVALID (max_overtaken_wait_us "
+                    "%ld/%ld, timeouts %ld, barges %ld, overtaken INVALID (max_overtaken_wait_us "
                     "%ld)",
-                    r.waits, r.acq, r.barges, r.overtaken_bad);
+                    r.waits, r.acq, r.timeouts, r.barges, r.overtaken_bad);
     }
     std::string notes = xw;
     const char* want = peers[i] == Peer::kSidecar   ? "sidecar"
