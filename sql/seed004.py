@@ -8,8 +8,10 @@ pattern that died with "database is locked" (../shared/seeds/004_*). Two shapes:
           being iterated (what ORMs do): a read transaction that becomes a write transaction
 
 Run with Debian's python3 (its sqlite3 module can load extensions). Used by `make demo`
-(sql/demo.py) and by tests/test_python_coordinator.py.
+(sql/demo.py) and by tests/test_python_coordinator.py. `worker` runs the same pattern as one
+of several worker processes (gunicorn / uvicorn --workers N style), for the multi-process case.
 """
+import json
 import sqlite3
 import threading
 import time
@@ -92,10 +94,36 @@ def run(path, shape, threads=32, requests=640, timeout=5.0):
         "failed": len(results) - ok,
         "errors": errors,
         "p50_ms": lat[len(lat) // 2],
+        "p99_ms": lat[min(len(lat) - 1, len(lat) * 99 // 100)],
         "max_ms": lat[-1],
+        "lat_ms": lat,
         "wall_s": wall,
         "per_s": len(results) / wall,
     }
+
+
+def worker(so, path, shape, threads, requests, start, results):
+    """One worker process of a multi-process server (start it with the "spawn" method, so
+    it inherits no connection and no loaded extension). With `so`, it loads libsafeconc with
+    the documented setting for this pattern (safeconc_txn=serial, as `make demo` does), else it
+    is stock SQLite. Waits at `start` (a Barrier) so all workers begin together, runs the
+    thread-pool pattern of run(), and puts its outcome on `results`, with this process's view
+    of the cross-process coordinator ("crossproc" of safeconc_stats) for libsafeconc."""
+    watch = None
+    if so:
+        boot = sqlite3.connect(":memory:")
+        boot.enable_load_extension(True)
+        boot.load_extension(so)
+        boot.execute("SELECT safeconc_config('safeconc_txn', 'serial')")
+        boot.close()
+        watch = sqlite3.connect(path)  # keeps this process's coordinator (and stats) alive
+    start.wait()
+    r = run(path, shape, threads=threads, requests=requests)
+    if watch is not None:
+        r["crossproc"] = json.loads(
+            watch.execute("PRAGMA safeconc_stats").fetchone()[0]).get("crossproc")
+        watch.close()
+    results.put(r)
 
 
 def committed_hits(path):
