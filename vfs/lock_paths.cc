@@ -56,10 +56,11 @@ bool Contended(ShimFile* p) { return Coord(p).Contended() || Xp(p).Contended(); 
 // After the in-process turn, the shared one (other processes, vfs/xproc.h). True when held,
 // or when the sidecar cannot be had (no sidecar, its mutex not available in time): the base
 // lock then decides, as without it. `until`: wait in the shared line until then; none: only
-// a free turn a newcomer may take.
-bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until) {
+// a free turn a newcomer may take. `since`: when the request began waiting in this process.
+bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until,
+                Clock::time_point since = Clock::now()) {
   const CrossProcess::Grant g = until != nullptr
-                                    ? Xp(p).Take(p->handle_id, tid, Fair(p), *until)
+                                    ? Xp(p).Take(p->handle_id, tid, Fair(p), since, *until)
                                     : Xp(p).TryTake(p->handle_id, tid, Fair(p), /*upgrade=*/false);
   return g == CrossProcess::Grant::kGranted || g == CrossProcess::Grant::kUnavailable;
 }
@@ -234,10 +235,11 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
                Coordinator::Grant::kGranted &&
            TakeShared(p, tid, nullptr);
   };
+  const Clock::time_point since = Clock::now();
   const bool got = WaitInLock(p, lock, take, [&](uint64_t, Clock::time_point until) {
     // Parked in line (keeping its place on a timeout) and granted where it wakes.
     return c.AcquireTurn(t, until, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted &&
-           TakeShared(p, tid, &until);
+           TakeShared(p, tid, &until, since);
   });
   if (got) {
     TakeReason(p, kReasonTxn);

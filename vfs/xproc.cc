@@ -359,13 +359,17 @@ void CrossProcess::Cancel(uint64_t ticket) {
 }
 
 CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
+                                       std::chrono::steady_clock::time_point since,
                                        std::chrono::steady_clock::time_point until) {
   XShared* s = Shared();
   if (s == nullptr) return Grant::kUnavailable;
   const int32_t me = MyPid();
-  const int64_t until_ns = NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                         until - std::chrono::steady_clock::now())
-                                         .count();
+  const auto steady_now = std::chrono::steady_clock::now();
+  const int64_t base = NowNs();
+  const int64_t until_ns =
+      base + std::chrono::duration_cast<std::chrono::nanoseconds>(until - steady_now).count();
+  const int64_t since_ns =
+      base - std::chrono::duration_cast<std::chrono::nanoseconds>(steady_now - since).count();
   int slot = TakeKept(ticket);
   if (!LockShared(s)) {
     if (slot >= 0) Keep(ticket, slot);
@@ -390,6 +394,9 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       return Grant::kUnavailable;
     }
     EnterLocked(s, slot, ticket, tid, Ns(fair), now, me);
+    // Its bound counts from the start of its wait in its own process's line (at most one
+    // bound back: the line stays FIFO by arrival order either way).
+    s->slots[slot].arrived_ns = std::min(now, std::max(since_ns, now - Ns(fair)));
   }
   for (;;) {
     Slot& u = s->slots[slot];

@@ -167,7 +167,10 @@ class CrossProcess {
   // Waits in the shared line until granted or `until` (steady_clock). On kTimeout the
   // handle keeps its place (a binding's busy handler waits in steps): the next Take or
   // TryTake of `ticket` goes on from it; Cancel() gives it up.
+  // `since`: when the request began to wait (in its process's line): its fairness clock in
+  // the shared line starts then, so a wait in two lines is not bounded twice.
   Grant Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
+             std::chrono::steady_clock::time_point since,
              std::chrono::steady_clock::time_point until);
   // Leaves the line (a wait that gave up).
   void Cancel(uint64_t ticket) SC_EXCLUDES(mu_);
