@@ -16,10 +16,10 @@ SQLITE_EXTENSION_INIT3
 #include <set>
 #include <string>
 
+#include "base/thread_id.h"
 #include "ext/internal.h"
 #include "ext/trampoline.h"
-#include "vfs/coordinator.h"  // CurrentThreadId
-#include "vfs/shim.h"         // VfsOwnedByThisCopy
+#include "vfs/shim.h"  // VfsOwnedByThisCopy
 
 namespace safeconc {
 namespace {

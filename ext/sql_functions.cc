@@ -9,10 +9,10 @@ SQLITE_EXTENSION_INIT3
 #include <cstring>
 #include <string>
 
+#include "base/json.h"
 #include "ext/internal.h"
 #include "ext/trampoline.h"
 #include "safeconc_version.h"
-#include "vfs/json.h"
 #include "vfs/knobs.h"
 #include "vfs/locking.h"
 #include "vfs/misuse.h"

@@ -14,8 +14,8 @@ SQLITE_EXTENSION_INIT3
 #include <cstdlib>
 #include <unordered_map>
 
-#include "vfs/coordinator.h"  // CurrentThreadId
-#include "vfs/histogram.h"
+#include "base/histogram.h"
+#include "base/thread_id.h"
 #include "vfs/knobs.h"
 #include "vfs/shim.h"  // ConnectionKnob
 

@@ -37,8 +37,8 @@
 #include <string>
 #include <vector>
 
+#include "base/json.h"
 #include "safeconc.h"
-#include "vfs/json.h"
 
 namespace safeconc {
 

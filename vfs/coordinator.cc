@@ -1,9 +1,6 @@
 // coordinator.cc - see coordinator.h for the model, the mutex rules and the lock order.
 #include "vfs/coordinator.h"
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 
 #include "vfs/timing.h"
@@ -16,11 +13,6 @@ int64_t Micros(Clock::duration d) {
 }
 
 }  // namespace
-
-uint64_t CurrentThreadId() {
-  thread_local uint64_t tid = static_cast<uint64_t>(::syscall(SYS_gettid));
-  return tid;
-}
 
 // ---- The line (all under mu_) -----------------------------------------------------------
 

@@ -38,9 +38,9 @@
 #include <cstdint>
 #include <memory>
 
-#include "vfs/histogram.h"
-#include "vfs/json.h"
-#include "vfs/sync.h"
+#include "base/histogram.h"
+#include "base/json.h"
+#include "base/sync.h"
 
 namespace safeconc {
 
@@ -51,9 +51,6 @@ enum TurnReason : unsigned {
   kReasonWrite = 1,  // holds RESERVED (rollback) or WAL WRITE
   kReasonTxn = 2,    // safeconc_txn=immediate/serial: for the whole lock period
 };
-
-// The calling thread's kernel id, for diagnostics and same-thread deadlock detection.
-uint64_t CurrentThreadId();
 
 class Coordinator;
 

@@ -19,9 +19,9 @@
 #include <utility>
 #include <vector>
 
+#include "base/json.h"
+#include "base/sync.h"
 #include "vfs/coordinator.h"
-#include "vfs/json.h"
-#include "vfs/sync.h"
 
 namespace safeconc {
 
