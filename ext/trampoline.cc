@@ -241,7 +241,6 @@ void ReleaseTask(Task* t) {
   t->is_error = false;
   t->error_code = 0;
   t->error.clear();
-  t->next = nullptr;
   t->handle = 0;
   g_tasks_in_use.fetch_sub(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> l(g_pool_mu);
@@ -365,12 +364,7 @@ bool Owner::Dispatch(Task* t, std::string* why) {
       return false;
     }
     if (hook == nullptr) {
-      t->next = nullptr;
-      if (tail_)
-        tail_->next = t;
-      else
-        head_ = t;
-      tail_ = t;
+      queue_.PushBack(t);
     } else {
       in_host_.push_back(t);
       ++hooks_running_;
@@ -419,17 +413,15 @@ int Owner::Drain(int max) {
     Task* t;
     {
       std::lock_guard<std::mutex> l(mu_);
-      t = head_;
-      if (t == nullptr) break;
-      head_ = t->next;
-      if (head_ == nullptr) tail_ = nullptr;
+      t = queue_.PopFront();
     }
+    if (t == nullptr) break;
     RunTask(t);
     ++ran;
   }
   if (max > 0 && ran == max) {
     std::lock_guard<std::mutex> l(mu_);
-    if (head_ != nullptr) {
+    if (!queue_.empty()) {
       const uint64_t one = 1;
       if (::write(fd, &one, sizeof one) != sizeof one) {
       }  // keep the fd readable for the rest
@@ -439,15 +431,14 @@ int Owner::Drain(int max) {
 }
 
 void Owner::Close() {
-  Task* queued;
+  IntrusiveList<Task, &Task::queue_link> queued;
   std::vector<Task*> in_host;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (closed_.load(std::memory_order_relaxed)) return;
     closed_.store(true, std::memory_order_release);
     g_owners_open.fetch_sub(1, std::memory_order_relaxed);
-    queued = head_;
-    head_ = tail_ = nullptr;
+    queued.Swap(queue_);
   }
   {
     // A worker may be inside the hook right now (it checked closed_ before we set it). Wait
@@ -459,11 +450,9 @@ void Owner::Close() {
     in_host = in_host_;  // the host's loop still holds these; it runs (or drops) them later
   }
   const std::string why = Name() + " was closed before it ran the call";
-  while (queued != nullptr) {
-    Task* next = queued->next;
-    FailQueued(queued, why);
-    ReleaseTask(queued);  // the queue's reference
-    queued = next;
+  while (Task* t = queued.PopFront()) {
+    FailQueued(t, why);
+    ReleaseTask(t);  // the queue's reference
   }
   for (Task* t : in_host) FailQueued(t, why);
 }

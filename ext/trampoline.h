@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "base/intrusive_list.h"
 #include "base/json.h"
 #include "safeconc.h"
 
@@ -56,46 +57,7 @@ struct CopiedValue {
   void Set(sqlite3_value* v);
 };
 
-// One owner thread and its dispatch.
-class Owner {
- public:
-  // Constant after construction.
-  const uint64_t id;
-  const uint64_t tid;               // the owner thread (kernel id)
-  const safeconc_dispatch_fn hook;  // null: the built-in fd kind
-  void* const hook_arg;
-  const int fd;  // eventfd of the fd kind, else -1
-
-  Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd);
-  ~Owner();
-
-  bool OnOwnerThread() const;
-  // Hands t to the owner. Returns false (t failed, nothing queued) if the owner is closed
-  // or the hook refused.
-  bool Dispatch(Task* t, std::string* why);
-  // fd kind, on the owner thread: runs up to max queued tasks.
-  int Drain(int max);
-  // On the owner thread: fails pending tasks, refuses new ones.
-  void Close();
-  // Lock-free read (the direct path asks on every call): written under mu_ with release
-  // by Close(), read with acquire.
-  bool closed() const { return closed_.load(std::memory_order_acquire); }
-  // A hook task reached task_run: it is no longer the host's to fail on close.
-  void TaskStarted(Task* t);
-  std::string Name() const { return "owner #" + std::to_string(id); }
-
- private:
-  std::mutex mu_;
-  std::atomic<bool> closed_{false};  // written under mu_ (Close), read anywhere
-  Task* head_ = nullptr;             // fd kind: queued tasks, guarded by mu_
-  Task* tail_ = nullptr;
-  std::vector<Task*> in_host_;  // hook kind: tasks handed to the hook, not yet run
-  void ForgetInHost(Task* t);   // requires mu_
-  // Hook calls in progress (guarded by mu_). Close() waits for them to return, so after it
-  // the binding may free whatever the hook uses (hook_arg, a threadsafe function...).
-  int hooks_running_ = 0;
-  std::condition_variable hooks_done_;
-};
+class Owner;
 
 // A registered function.
 struct Func {
@@ -151,12 +113,52 @@ struct Task {
   bool is_error = false;
   int error_code = 0;
   std::string error;
-  Task* next = nullptr;  // fd owner's queue link, guarded by Owner::mu
+  ListLink<Task> queue_link;  // in an fd owner's queue (Owner::queue_), guarded by Owner::mu_
   // The handle a dispatch hook got for this task (see HandOut), 0 if none. Written by the
   // worker before the hook call; erased from the handle table by the first task_run.
   uint64_t handle = 0;
 
   enum State : int { kFree, kQueued, kRunning, kDone, kAbandoned, kFailed };
+};
+
+// One owner thread and its dispatch.
+class Owner {
+ public:
+  // Constant after construction.
+  const uint64_t id;
+  const uint64_t tid;               // the owner thread (kernel id)
+  const safeconc_dispatch_fn hook;  // null: the built-in fd kind
+  void* const hook_arg;
+  const int fd;  // eventfd of the fd kind, else -1
+
+  Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd);
+  ~Owner();
+
+  bool OnOwnerThread() const;
+  // Hands t to the owner. Returns false (t failed, nothing queued) if the owner is closed
+  // or the hook refused.
+  bool Dispatch(Task* t, std::string* why);
+  // fd kind, on the owner thread: runs up to max queued tasks.
+  int Drain(int max);
+  // On the owner thread: fails pending tasks, refuses new ones.
+  void Close();
+  // Lock-free read (the direct path asks on every call): written under mu_ with release
+  // by Close(), read with acquire.
+  bool closed() const { return closed_.load(std::memory_order_acquire); }
+  // A hook task reached task_run: it is no longer the host's to fail on close.
+  void TaskStarted(Task* t);
+  std::string Name() const { return "owner #" + std::to_string(id); }
+
+ private:
+  std::mutex mu_;
+  std::atomic<bool> closed_{false};               // written under mu_ (Close), read anywhere
+  IntrusiveList<Task, &Task::queue_link> queue_;  // fd kind: queued tasks, guarded by mu_
+  std::vector<Task*> in_host_;  // hook kind: tasks handed to the hook, not yet run
+  void ForgetInHost(Task* t);   // requires mu_
+  // Hook calls in progress (guarded by mu_). Close() waits for them to return, so after it
+  // the binding may free whatever the hook uses (hook_arg, a threadsafe function...).
+  int hooks_running_ = 0;
+  std::condition_variable hooks_done_;
 };
 
 // The pool of tasks.

@@ -17,14 +17,14 @@ int64_t Micros(Clock::duration d) {
 // ---- The line (all under mu_) -----------------------------------------------------------
 
 Ticket* Coordinator::FrontLocked() const {
-  Ticket* t = head_;
-  while (t != nullptr && t->parked == 0 && t != reserved_) t = t->next;
+  Ticket* t = line_.front();
+  while (t != nullptr && t->parked == 0 && t != reserved_) t = line_.Next(t);
   return t;
 }
 
 Ticket* Coordinator::LiveAheadOfLocked(Ticket* t) const {
   // t itself counts as live: it is the one asking (woken, it is no longer parked).
-  for (Ticket* u = head_; u != nullptr && u != t; u = u->next) {
+  for (Ticket* u = line_.front(); u != nullptr && u != t; u = line_.Next(u)) {
     if (u->parked > 0 || u == reserved_) return u;
   }
   return nullptr;
@@ -32,30 +32,16 @@ Ticket* Coordinator::LiveAheadOfLocked(Ticket* t) const {
 
 void Coordinator::LinkLocked(Ticket* t, bool at_front) {
   if (at_front) {
-    t->prev = nullptr;
-    t->next = head_;
-    if (head_)
-      head_->prev = t;
-    else
-      tail_ = t;
-    head_ = t;
+    line_.PushFront(t);
   } else {
-    t->prev = tail_;
-    t->next = nullptr;
-    if (tail_)
-      tail_->next = t;
-    else
-      head_ = t;
-    tail_ = t;
+    line_.PushBack(t);
   }
-  t->queued = true;
-  ++queue_len_;
-  stats_.max_queue = std::max(stats_.max_queue, queue_len_);
+  stats_.max_queue = std::max(stats_.max_queue, line_.size());
   UpdateHintLocked();
 }
 
 void Coordinator::EnqueueLocked(Ticket* t, Clock::duration fair, Clock::time_point now) {
-  if (t->queued && now - t->seen < timing::kStaleTicket) {
+  if (line_.Contains(t) && now - t->seen < timing::kStaleTicket) {
     t->seen = now;  // a retry: keeps its place and its arrival time
     return;
   }
@@ -68,18 +54,8 @@ void Coordinator::EnqueueLocked(Ticket* t, Clock::duration fair, Clock::time_poi
 
 void Coordinator::RemoveLocked(Ticket* t) {
   if (reserved_ == t) reserved_ = nullptr;
-  if (!t->queued) return;
-  if (t->prev)
-    t->prev->next = t->next;
-  else
-    head_ = t->next;
-  if (t->next)
-    t->next->prev = t->prev;
-  else
-    tail_ = t->prev;
-  t->prev = t->next = nullptr;
-  t->queued = false;
-  --queue_len_;
+  if (!line_.Contains(t)) return;
+  line_.Remove(t);
   UpdateHintLocked();
 }
 
@@ -124,7 +100,7 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
   // A reservation for another waiter (an upgrade took the free turn) ends here too: this
   // turn's release reserves again for whoever is then at the front.
   reserved_ = nullptr;
-  if (t->queued) {
+  if (line_.Contains(t)) {
     ++stats_.waits;
     stats_.wait_us.Add(static_cast<uint64_t>(Micros(now - t->arrived)));
     if (released_at_ > t->arrived) {
@@ -169,7 +145,7 @@ void Coordinator::OnFreeLocked(Clock::time_point now) {
 }
 
 Ticket* Coordinator::FirstParkedLocked(Ticket* except) const {
-  for (Ticket* u = head_; u != nullptr; u = u->next) {
+  for (Ticket* u = line_.front(); u != nullptr; u = line_.Next(u)) {
     if (u->parked > 0 && u != except) return u;
   }
   return nullptr;
@@ -196,7 +172,7 @@ void Coordinator::ClearHolderLocked() {
 }
 
 void Coordinator::UpdateHintLocked() {
-  contended_.store(holder_ != nullptr || queue_len_ > 0, std::memory_order_relaxed);
+  contended_.store(holder_ != nullptr || !line_.empty(), std::memory_order_relaxed);
 }
 
 void Coordinator::RevokeStaleLocked(Clock::time_point now) {
@@ -308,12 +284,12 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
   Clock::time_point now = Clock::now();
   // A ticket whose owner stopped waiting long ago (its binding's handler gave up) is not
   // revived by an unrelated sleep on the same thread.
-  if (t->queued && t->parked == 0 && now - t->seen > timing::kStaleTicket) {
+  if (line_.Contains(t) && t->parked == 0 && now - t->seen > timing::kStaleTicket) {
     return TurnWait::kNotQueued;
   }
   for (;;) {
     RevokeStaleLocked(now);
-    if (!t->queued) return TurnWait::kNotQueued;
+    if (!line_.Contains(t)) return TurnWait::kNotQueued;
     t->seen = now;
     if (MayTakeLocked(t, Ask::kWrite, now)) {
       // t leaves to claim the turn through SQLite's retry. If it is reserved for t, the next
@@ -333,7 +309,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
 
 void Coordinator::Cancel(Ticket* t, CancelWhy why) {
   MutexLock l(&mu_);
-  if (!t->queued) return;
+  if (!line_.Contains(t)) return;
   if (why == CancelWhy::kTimeout) ++stats_.timeouts;
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
@@ -346,15 +322,7 @@ void Coordinator::Close(Ticket* t) {
   t->open = false;
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
-  if (t->reading) {
-    if (t->rprev)
-      t->rprev->rnext = t->rnext;
-    else
-      readers_ = t->rnext;
-    if (t->rnext) t->rnext->rprev = t->rprev;
-    t->reading = false;
-    --reader_count_;
-  }
+  if (readers_.Contains(t)) readers_.Remove(t);  // the generation is bumped below
   if (holder_ == t) {  // SQLite unlocks before closing; stay safe if it did not
     ClearHolderLocked();
     OnFreeLocked(now);
@@ -373,27 +341,15 @@ bool Coordinator::IsOpen(Ticket* t) {
 
 void Coordinator::ReaderEnter(Ticket* t) {
   MutexLock l(&mu_);
-  if (t->reading) return;
-  t->reading = true;
+  if (readers_.Contains(t)) return;
   t->read_since = Clock::now();
-  t->rprev = nullptr;
-  t->rnext = readers_;
-  if (readers_) readers_->rprev = t;
-  readers_ = t;
-  ++reader_count_;
+  readers_.PushFront(t);
 }
 
 void Coordinator::ReaderLeave(Ticket* t) {
   MutexLock l(&mu_);
-  if (!t->reading) return;
-  if (t->rprev)
-    t->rprev->rnext = t->rnext;
-  else
-    readers_ = t->rnext;
-  if (t->rnext) t->rnext->rprev = t->rprev;
-  t->rprev = t->rnext = nullptr;
-  t->reading = false;
-  --reader_count_;
+  if (!readers_.Contains(t)) return;
+  readers_.Remove(t);
   BumpGenerationLocked();
 }
 
@@ -401,7 +357,7 @@ void Coordinator::CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* o
   MutexLock l(&mu_);
   *others = 0;
   *on_tid = 0;
-  for (Ticket* r = readers_; r != nullptr; r = r->rnext) {
+  for (Ticket* r = readers_.front(); r != nullptr; r = readers_.Next(r)) {
     if (r == t) continue;
     ++*others;
     if (r->last_tid.load(std::memory_order_relaxed) == tid) ++*on_tid;
@@ -476,8 +432,8 @@ BlockerInfo Coordinator::Blocker() {
     b.holder_last_tid = holder_->last_tid.load(std::memory_order_relaxed);
     b.held_ms = Micros(Clock::now() - holder_since_) / 1000;
   }
-  b.queued = queue_len_;
-  b.readers = reader_count_;
+  b.queued = line_.size();
+  b.readers = readers_.size();
   return b;
 }
 
@@ -486,9 +442,9 @@ RestState Coordinator::Rest() {
   RestState r;
   r.held = holder_ != nullptr;
   r.reserved = reserved_ != nullptr;
-  r.queued = queue_len_;
+  r.queued = line_.size();
   r.parked = parked_;
-  r.readers = reader_count_;
+  r.readers = readers_.size();
   return r;
 }
 
@@ -496,8 +452,8 @@ void Coordinator::WriteJson(JsonWriter& w) {
   MutexLock l(&mu_);
   const Clock::time_point now = Clock::now();
   int64_t walked = 0, walked_readers = 0;
-  for (Ticket* u = head_; u != nullptr; u = u->next) ++walked;
-  for (Ticket* u = readers_; u != nullptr; u = u->rnext) ++walked_readers;
+  for (Ticket* u = line_.front(); u != nullptr; u = line_.Next(u)) ++walked;
+  for (Ticket* u = readers_.front(); u != nullptr; u = readers_.Next(u)) ++walked_readers;
   w.BeginObject()
       .Field("acquisitions", static_cast<int64_t>(stats_.acquisitions))
       .Field("releases", static_cast<int64_t>(stats_.releases))
@@ -520,9 +476,9 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("busy_returns", static_cast<int64_t>(stats_.busy_returns))
       .Field("cross_process_busy", static_cast<int64_t>(stats_.cross_process_busy))
       .Field("busy_handlers_installed", static_cast<int64_t>(stats_.handlers_installed))
-      .Field("queue_depth", queue_len_)
+      .Field("queue_depth", line_.size())
       .Field("max_queue_depth", stats_.max_queue)
-      .Field("readers", reader_count_)
+      .Field("readers", readers_.size())
       .Key("debug")
       .BeginObject()
       .Key("held")

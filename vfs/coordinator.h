@@ -39,6 +39,7 @@
 #include <memory>
 
 #include "base/histogram.h"
+#include "base/intrusive_list.h"
 #include "base/json.h"
 #include "base/sync.h"
 
@@ -68,17 +69,13 @@ struct Ticket {
 
   // The rest is guarded by coord->mu_ (not expressible as an annotation on a member of
   // another object; every access is inside Coordinator methods that hold mu_).
-  Ticket* prev = nullptr;  // queue links
-  Ticket* next = nullptr;
-  bool queued = false;
-  bool open = true;           // false once the file closed
-  int parked = 0;             // threads of this handle waiting on cv right now (0 or 1)
-  Clock::time_point arrived;  // when the current request first queued
-  Clock::time_point seen;     // when its owner last waited here (kStaleTicket)
-  Clock::duration fair{};     // its connection's safeconc_fair_ms
-  Ticket* rprev = nullptr;    // reader links (rollback SHARED holders)
-  Ticket* rnext = nullptr;
-  bool reading = false;
+  ListLink<Ticket> line_link;    // in the line (Coordinator::line_) while queued
+  bool open = true;              // false once the file closed
+  int parked = 0;                // threads of this handle waiting on cv right now (0 or 1)
+  Clock::time_point arrived;     // when the current request first queued
+  Clock::time_point seen;        // when its owner last waited here (kStaleTicket)
+  Clock::duration fair{};        // its connection's safeconc_fair_ms
+  ListLink<Ticket> reader_link;  // in Coordinator::readers_ while it holds SHARED (rollback)
   Clock::time_point read_since;
   CondVar cv;  // signalled when the turn may be this ticket's
 };
@@ -225,14 +222,11 @@ class Coordinator {
   // it or reserved_until_ passes while it is not parked.
   Ticket* reserved_ SC_GUARDED_BY(mu_) = nullptr;
   Clock::time_point reserved_until_ SC_GUARDED_BY(mu_);
-  // The line (intrusive, in arrival order).
-  Ticket* head_ SC_GUARDED_BY(mu_) = nullptr;
-  Ticket* tail_ SC_GUARDED_BY(mu_) = nullptr;
-  int64_t queue_len_ SC_GUARDED_BY(mu_) = 0;
+  // The line, in arrival order.
+  IntrusiveList<Ticket, &Ticket::line_link> line_ SC_GUARDED_BY(mu_);
   int64_t parked_ SC_GUARDED_BY(mu_) = 0;
   // Readers (rollback mode).
-  Ticket* readers_ SC_GUARDED_BY(mu_) = nullptr;
-  int64_t reader_count_ SC_GUARDED_BY(mu_) = 0;
+  IntrusiveList<Ticket, &Ticket::reader_link> readers_ SC_GUARDED_BY(mu_);
   // Release notifications.
   uint64_t generation_ SC_GUARDED_BY(mu_) = 0;
   int change_waiters_ SC_GUARDED_BY(mu_) = 0;
