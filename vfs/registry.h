@@ -3,9 +3,11 @@
 // created by the first open and freed with the last close. It is where the per-file
 // coordinator lives and where lock-call counters of closed handles accumulate.
 //
-// Mutex rules: Registry::mu_ guards the map, every entry's handle list and every entry's
-// retired counters. Nothing is called out of this file while mu_ is held (no SQLite call,
-// no callback). Lock order: Registry::mu_ is a leaf.
+// Mutex rules: Registry::mu_ guards the map and, in it, every entry's handle list and retired
+// counters (Registry::Slot). No SQLite call and no callback runs while mu_ is held.
+// Lock order: Registry::mu_ before Coordinator::mu_: the diagnostics write each entry's
+// coordinator under mu_, so the entry cannot be freed meanwhile. Nothing takes mu_ under a
+// Coordinator::mu_ (the coordinator never calls out), so the order cannot cycle.
 #ifndef SAFECONC_VFS_REGISTRY_H
 #define SAFECONC_VFS_REGISTRY_H
 
@@ -54,8 +56,8 @@ struct FileId {
   bool operator<(const FileId& o) const { return dev != o.dev ? dev < o.dev : ino < o.ino; }
 };
 
-class Registry;
-
+// One database file: constant after construction. What changes with its opens and closes
+// (the live handles, the retired counters) is the registry's, in its Slot under mu_.
 class DbEntry {
  public:
   DbEntry(FileId id, std::string path)
@@ -67,13 +69,9 @@ class DbEntry {
   const std::shared_ptr<Coordinator>& coordinator() const { return coord_; }
 
  private:
-  friend class Registry;
   const FileId id_;
   const std::string path_;
   const std::shared_ptr<Coordinator> coord_;
-  // Guarded by Registry::mu_ (an annotation cannot name another object's member here).
-  std::vector<const LockCounters*> handles_;  // live handles' counters
-  LockTotals retired_;                        // counters of closed handles
 };
 
 class Registry {
@@ -91,10 +89,16 @@ class Registry {
   void WriteEntryJson(JsonWriter& w, DbEntry* e) SC_EXCLUDES(mu_);  // one database's object
 
  private:
-  void WriteEntryLocked(JsonWriter& w, const DbEntry& e) SC_REQUIRES(mu_);
+  // An entry and what the registry keeps of it; reached only through entries_.
+  struct Slot {
+    DbEntry* entry = nullptr;
+    std::vector<const LockCounters*> handles;  // live handles' counters
+    LockTotals retired;                        // counters of the entry's closed handles
+  };
+  void WriteEntryLocked(JsonWriter& w, const Slot& s) SC_REQUIRES(mu_);
 
   Mutex mu_;
-  std::map<FileId, DbEntry*> entries_ SC_GUARDED_BY(mu_);
+  std::map<FileId, Slot> entries_ SC_GUARDED_BY(mu_);
   uint64_t opens_ SC_GUARDED_BY(mu_) = 0;
   LockTotals retired_ SC_GUARDED_BY(mu_);  // from entries already freed
 };
