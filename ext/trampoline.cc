@@ -55,28 +55,31 @@ DirectCounter::~DirectCounter() {
   v.erase(std::find(v.begin(), v.end(), this));
   g_direct_exited += n.load(std::memory_order_relaxed);
 }
-// Everything the direct path needs of its thread, in one zero-initialised thread-local read
-// once per call. In a dlopen()ed library each thread-local access is otherwise a call to
+// The calling thread's state as the trampoline sees it (its id, its direct-call counter, the
+// callbacks it is running): everything the direct path needs, in one zero-initialised
+// thread-local read once per call. In a dlopen()ed library each thread-local access is otherwise a
+// call to
 // __tls_get_addr (callgrind: a third of the trampoline's per-call cost); initial-exec makes
 // it one instruction, from the static TLS surplus glibc keeps for dlopen()ed libraries.
 constexpr int kMaxNest = 16;  // nested callbacks tracked for in_callback()
-struct HotTls {
+struct ThreadState {
   uint64_t tid;                   // this thread's id, 0 until first asked
   std::atomic<uint64_t>* direct;  // this thread's direct-call counter, null until first call
   int depth;                      // callbacks running on this thread (may exceed kMaxNest)
   sqlite3* callbacks[kMaxNest];   // their connections, innermost last
 };
-__attribute__((tls_model("initial-exec"))) thread_local HotTls t_hot;
+__attribute__((tls_model("initial-exec"))) thread_local ThreadState t_thread_state;
 
-[[gnu::noinline]] void InitHot(HotTls& h) {
+[[gnu::noinline]] void InitThreadState(ThreadState& h) {
   h.tid = CurrentThreadId();
   thread_local DirectCounter counter;  // folds its count in when the thread exits
   h.direct = &counter.n;
 }
 
-inline HotTls& Hot() {
-  HotTls& h = t_hot;
-  if (__builtin_expect(h.tid == 0, 0)) InitHot(h);  // first call on this thread
+// The calling thread's ThreadState, filled in on its first call.
+inline ThreadState& ThisThread() {
+  ThreadState& h = t_thread_state;
+  if (__builtin_expect(h.tid == 0, 0)) InitThreadState(h);  // first call on this thread
   return h;
 }
 uint64_t DirectTotal() {
@@ -93,7 +96,7 @@ Histogram* DispatchHistogram() {
 
 // ---- In-callback tracking ------------------------------------------------------------------
 // Each thread keeps the stack of connections whose host callback it is running (callbacks can
-// nest: a callback may step another statement), in HotTls. in_callback(db) asks about the
+// nest: a callback may step another statement), in ThreadState. in_callback(db) asks about the
 // calling thread, which is the question a binding has when its callback code calls close()
 // or steps the running statement again. Nothing shared on the hot path.
 // Callbacks nested deeper than kMaxNest keep their connections in a cold, growable stack.
@@ -123,7 +126,7 @@ DeepCallbacks& Deep() {
 
 class InCallbackScope {
  public:
-  InCallbackScope(HotTls& h, sqlite3* db) : h_(h) {
+  InCallbackScope(ThreadState& h, sqlite3* db) : h_(h) {
     if (__builtin_expect(h_.depth < kMaxNest, 1)) {
       h_.callbacks[h_.depth] = db;
     } else {
@@ -138,7 +141,7 @@ class InCallbackScope {
   InCallbackScope& operator=(const InCallbackScope&) = delete;
 
  private:
-  HotTls& h_;
+  ThreadState& h_;
 };
 
 // ---- Task pool ------------------------------------------------------------------------------
@@ -278,7 +281,7 @@ RunResult RunTask(Task* t) {
       c.argc = t->argc;
       c.agg_slot = &t->agg_value;  // the task's copy; the worker copies it back when done
       {
-        InCallbackScope scope(Hot(), t->db);
+        InCallbackScope scope(ThisThread(), t->db);
         Invoke(t->func.get(), t->kind, &c);
       }
       std::lock_guard<std::mutex> l(t->mu);
@@ -344,7 +347,7 @@ Owner::~Owner() {
   if (fd >= 0) ::close(fd);
 }
 
-bool Owner::OnOwnerThread() const { return Hot().tid == tid; }
+bool Owner::OnOwnerThread() const { return ThisThread().tid == tid; }
 
 void Owner::TaskStarted(Task* t) {
   std::lock_guard<std::mutex> l(mu_);
@@ -606,8 +609,8 @@ inline void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv) {
       return;
     }
   }
-  HotTls& hot = Hot();
-  if (hot.tid != h->owner_tid) return DispatchCall(sctx, h, argc, argv, kind, slot);
+  ThreadState& self = ThisThread();
+  if (self.tid != h->owner_tid) return DispatchCall(sctx, h, argc, argv, kind, slot);
   if (o->closed()) {
     CallError(sctx, "safeconc: function '" + f->name + "': " + o->Name() + " is closed");
     return;
@@ -620,8 +623,8 @@ inline void Call(sqlite3_context* sctx, int argc, sqlite3_value** argv) {
   c.argv = argv;
   c.argc = argc;
   c.agg_slot = slot;
-  hot.direct->store(hot.direct->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  InCallbackScope scope(hot, f->db);
+  self.direct->store(self.direct->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  InCallbackScope scope(self, f->db);
   if constexpr (kind == CallKind::kScalar) {
     f->fn(&c);
   } else {
@@ -715,7 +718,7 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
 }
 
 bool InCallback(sqlite3* db) {
-  const HotTls& h = Hot();
+  const ThreadState& h = ThisThread();
   const int n = h.depth < kMaxNest ? h.depth : kMaxNest;
   if (h.depth > kMaxNest) {
     const DeepCallbacks& d = Deep();
