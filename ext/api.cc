@@ -18,7 +18,7 @@ SQLITE_EXTENSION_INIT3
 
 #include "base/thread_id.h"
 #include "ext/internal.h"
-#include "ext/trampoline.h"
+#include "ext/udf/udf.h"
 #include "vfs/shim.h"  // VfsOwnedByThisCopy
 
 namespace safeconc {

@@ -11,7 +11,7 @@ SQLITE_EXTENSION_INIT3
 
 #include "base/json.h"
 #include "ext/internal.h"
-#include "ext/trampoline.h"
+#include "ext/udf/udf.h"
 #include "safeconc_version.h"
 #include "vfs/knobs.h"
 #include "vfs/locking.h"

@@ -23,8 +23,8 @@
 // state and result hand-over; g_funcs_mu (trampoline.cc) the in-callback counts. No mutex
 // is held while a host callback, a dispatch hook or SQLite runs. Lock order: Owner::mu
 // before Task::mu (close fails queued tasks); nothing else nests.
-#ifndef SAFECONC_EXT_TRAMPOLINE_H
-#define SAFECONC_EXT_TRAMPOLINE_H
+#ifndef SAFECONC_EXT_UDF_UDF_H
+#define SAFECONC_EXT_UDF_UDF_H
 
 #include <sqlite3ext.h>
 
@@ -205,4 +205,4 @@ struct safeconc_owner {
   std::shared_ptr<safeconc::Owner> impl;
 };
 
-#endif  // SAFECONC_EXT_TRAMPOLINE_H
+#endif  // SAFECONC_EXT_UDF_UDF_H

@@ -4,7 +4,7 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
-#include "ext/trampoline.h"
+#include "ext/udf/udf.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
