@@ -1,155 +1,18 @@
-// trampoline.cc - owners, the task pool, and the functions SQLite calls (xFunc, xStep,
-// xFinal, xValue, xInverse, xDestroy) that run host callbacks on their owner thread. The
-// model, the task life cycle and the mutex rules are in trampoline.h.
+// call.cc - the functions SQLite calls (xFunc, xStep, xFinal, xValue, xInverse, xDestroy)
+// that run host callbacks on their owner thread: directly when SQLite calls on the owner
+// thread, else as a Task dispatched to it. Registration. See udf.h for the model.
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
-#include "ext/udf/udf.h"
+#include "ext/udf/call.h"
 
-#include <sys/eventfd.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
-#include <cstdlib>
-#include <unordered_map>
-
-#include "base/histogram.h"
-#include "base/thread_id.h"
+#include "ext/udf/owner.h"
+#include "ext/udf/stats.h"
+#include "ext/udf/thread_state.h"
 #include "vfs/knobs.h"
 #include "vfs/shim.h"  // ConnectionKnob
 
 namespace safeconc {
-namespace {
-
-// ---- Stats ------------------------------------------------------------------------------
-// Counters: relaxed atomics, each an independent count. The histogram: under g_stats_mu.
-std::atomic<uint64_t> g_dispatched{0}, g_timeouts{0}, g_failed{0};
-// Gauges for leak checks: owners opened and not closed; tasks taken from the pool and not
-// returned (in flight, or held by a host loop that has not run them yet).
-std::atomic<int64_t> g_owners_open{0}, g_tasks_in_use{0};
-std::mutex g_stats_mu;
-
-// Direct calls are counted per thread (a shared counter would cost a locked instruction on
-// the hot path): each thread's counter has one writer (that thread: relaxed load + store, no
-// lock prefix) and is read by safeconc_stats() under g_direct_mu, which also guards the list
-// of live counters and the total of exited threads.
-struct DirectCounter {
-  std::atomic<uint64_t> n{0};
-  DirectCounter();
-  ~DirectCounter();
-};
-std::mutex g_direct_mu;
-std::vector<DirectCounter*>& DirectCounters() {
-  static auto* v = new std::vector<DirectCounter*>();  // leaked: threads exit after main
-  return *v;
-}
-uint64_t g_direct_exited = 0;  // guarded by g_direct_mu
-DirectCounter::DirectCounter() {
-  std::lock_guard<std::mutex> l(g_direct_mu);
-  DirectCounters().push_back(this);
-}
-DirectCounter::~DirectCounter() {
-  std::lock_guard<std::mutex> l(g_direct_mu);
-  auto& v = DirectCounters();
-  v.erase(std::find(v.begin(), v.end(), this));
-  g_direct_exited += n.load(std::memory_order_relaxed);
-}
-// The calling thread's state as the trampoline sees it (its id, its direct-call counter, the
-// callbacks it is running): everything the direct path needs, in one zero-initialised
-// thread-local read once per call. In a dlopen()ed library each thread-local access is otherwise a
-// call to
-// __tls_get_addr (callgrind: a third of the trampoline's per-call cost); initial-exec makes
-// it one instruction, from the static TLS surplus glibc keeps for dlopen()ed libraries.
-constexpr int kMaxNest = 16;  // nested callbacks tracked for in_callback()
-struct ThreadState {
-  uint64_t tid;                   // this thread's id, 0 until first asked
-  std::atomic<uint64_t>* direct;  // this thread's direct-call counter, null until first call
-  int depth;                      // callbacks running on this thread (may exceed kMaxNest)
-  sqlite3* callbacks[kMaxNest];   // their connections, innermost last
-};
-__attribute__((tls_model("initial-exec"))) thread_local ThreadState t_thread_state;
-
-[[gnu::noinline]] void InitThreadState(ThreadState& h) {
-  h.tid = CurrentThreadId();
-  thread_local DirectCounter counter;  // folds its count in when the thread exits
-  h.direct = &counter.n;
-}
-
-// The calling thread's ThreadState, filled in on its first call.
-inline ThreadState& ThisThread() {
-  ThreadState& h = t_thread_state;
-  if (__builtin_expect(h.tid == 0, 0)) InitThreadState(h);  // first call on this thread
-  return h;
-}
-uint64_t DirectTotal() {
-  std::lock_guard<std::mutex> l(g_direct_mu);
-  uint64_t total = g_direct_exited;
-  for (DirectCounter* c : DirectCounters()) total += c->n.load(std::memory_order_relaxed);
-  return total;
-}
-
-Histogram* DispatchHistogram() {
-  static Histogram* h = new Histogram();  // leaked: used until process exit
-  return h;
-}
-
-// ---- In-callback tracking ------------------------------------------------------------------
-// Each thread keeps the stack of connections whose host callback it is running (callbacks can
-// nest: a callback may step another statement), in ThreadState. in_callback(db) asks about the
-// calling thread, which is the question a binding has when its callback code calls close()
-// or steps the running statement again. Nothing shared on the hot path.
-// Callbacks nested deeper than kMaxNest keep their connections in a cold, growable stack.
-struct DeepCallbacks {
-  std::vector<sqlite3*> dbs;  // depth kMaxNest and below, innermost last
-  int lost = 0;               // pushes that failed (out of memory): in_callback() says yes
-};
-DeepCallbacks& Deep() {
-  thread_local DeepCallbacks d;
-  return d;
-}
-[[gnu::noinline]] void PushDeep(sqlite3* db) {
-  try {
-    Deep().dbs.push_back(db);
-  } catch (...) {
-    ++Deep().lost;
-  }
-}
-[[gnu::noinline]] void PopDeep() {
-  DeepCallbacks& d = Deep();
-  if (d.lost > 0) {
-    --d.lost;
-  } else {
-    d.dbs.pop_back();
-  }
-}
-
-class InCallbackScope {
- public:
-  InCallbackScope(ThreadState& h, sqlite3* db) : h_(h) {
-    if (__builtin_expect(h_.depth < kMaxNest, 1)) {
-      h_.callbacks[h_.depth] = db;
-    } else {
-      PushDeep(db);
-    }
-    ++h_.depth;
-  }
-  ~InCallbackScope() {
-    if (--h_.depth >= kMaxNest) PopDeep();
-  }
-  InCallbackScope(const InCallbackScope&) = delete;
-  InCallbackScope& operator=(const InCallbackScope&) = delete;
-
- private:
-  ThreadState& h_;
-};
-
-// ---- Task pool ------------------------------------------------------------------------------
-std::mutex g_pool_mu;
-std::vector<Task*>& Pool() {
-  static auto* v = new std::vector<Task*>();  // leaked: tasks may be in use at exit
-  return *v;
-}
 
 void Invoke(Func* f, CallKind kind, safeconc_ctx* c) {
   switch (kind) {
@@ -173,293 +36,6 @@ void Invoke(Func* f, CallKind kind, safeconc_ctx* c) {
   }
 }
 
-// Fails a task that a worker waits for, if it was not taken yet.
-void FailQueued(Task* t, const std::string& why) {
-  {
-    std::lock_guard<std::mutex> l(t->mu);
-    if (t->state.load(std::memory_order_relaxed) != Task::kQueued) return;
-    t->error = why;
-    t->state.store(Task::kFailed, std::memory_order_release);
-  }
-  t->cv.notify_one();
-}
-
-}  // namespace
-
-// ---- CopiedValue ------------------------------------------------------------------------------
-
-void CopiedValue::Set(sqlite3_value* v) {
-  type = sqlite3_value_type(v);
-  zeroblob = -1;
-  switch (type) {
-    case SQLITE_INTEGER:
-      i = sqlite3_value_int64(v);
-      break;
-    case SQLITE_FLOAT:
-      d = sqlite3_value_double(v);
-      break;
-    case SQLITE_TEXT: {
-      const unsigned char* p = sqlite3_value_text(v);
-      bytes.assign(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_value_bytes(v)));
-      break;
-    }
-    case SQLITE_BLOB: {
-      const void* p = sqlite3_value_blob(v);
-      const int n = sqlite3_value_bytes(v);
-      if (n > 0)
-        bytes.assign(static_cast<const char*>(p), static_cast<size_t>(n));
-      else
-        bytes.clear();
-      break;
-    }
-    default:
-      break;
-  }
-}
-
-// ---- Tasks ----------------------------------------------------------------------------------
-
-Task* AcquireTask() {
-  g_tasks_in_use.fetch_add(1, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> l(g_pool_mu);
-    auto& pool = Pool();
-    if (!pool.empty()) {
-      Task* t = pool.back();
-      pool.pop_back();
-      return t;
-    }
-  }
-  return new safeconc_task();
-}
-
-void ReleaseTask(Task* t) {
-  if (t->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  // The last reference: nobody else can reach t. Drop what keeps other objects alive, keep
-  // buffers' capacity for the next call.
-  t->func.reset();
-  t->owner.reset();
-  t->state.store(Task::kFree, std::memory_order_relaxed);
-  t->result_set = false;
-  t->is_error = false;
-  t->error_code = 0;
-  t->error.clear();
-  t->handle = 0;
-  g_tasks_in_use.fetch_sub(1, std::memory_order_relaxed);
-  std::lock_guard<std::mutex> l(g_pool_mu);
-  Pool().push_back(t);
-}
-
-RunResult RunTask(Task* t) {
-  Owner* o = t->owner.get();
-  if (o->hook != nullptr) o->TaskStarted(t);
-  if (!o->OnOwnerThread()) {
-    // A binding bug (its hook ran the task elsewhere): running the callback here is the very
-    // crash this library exists to prevent. Fail the call instead.
-    FailQueued(t, "task_run was called off the owner thread of " + o->Name() +
-                      " (the dispatch hook must run tasks on the owner thread)");
-    ReleaseTask(t);
-    return RunResult::kWrongThread;
-  }
-  bool run = false;
-  {
-    std::lock_guard<std::mutex> l(t->mu);
-    if (t->state.load(std::memory_order_relaxed) == Task::kQueued) {
-      t->state.store(Task::kRunning, std::memory_order_relaxed);
-      run = true;
-    }
-  }
-  if (run) {
-    if (t->kind == CallKind::kDestroy) {
-      if (t->func->destroy) t->func->destroy(t->func->user_data);
-      t->state.store(Task::kDone, std::memory_order_relaxed);  // no worker waits for it
-    } else {
-      safeconc_ctx c;
-      c.func = t->func.get();
-      c.kind = t->kind;
-      c.task = t;
-      c.argc = t->argc;
-      c.agg_slot = &t->agg_value;  // the task's copy; the worker copies it back when done
-      {
-        InCallbackScope scope(ThisThread(), t->db);
-        Invoke(t->func.get(), t->kind, &c);
-      }
-      std::lock_guard<std::mutex> l(t->mu);
-      if (t->state.load(std::memory_order_relaxed) == Task::kRunning) {
-        t->state.store(Task::kDone, std::memory_order_release);
-        t->cv.notify_one();
-      }  // else the worker gave up: the result is discarded with the task
-    }
-  }
-  ReleaseTask(t);  // the owner side's reference
-  return run ? RunResult::kRan : RunResult::kSkipped;
-}
-
-// ---- Dispatch-hook handles ------------------------------------------------------------------
-// g_handles_mu guards the table; it is a leaf (taken under Owner::mu by Dispatch, nothing is
-// taken under it). Handles count up from an odd base in steps of 16: never reused, never a
-// valid address to dereference, and never null.
-std::mutex g_handles_mu;
-std::unordered_map<uint64_t, Task*>& Handles() {
-  static auto* m = new std::unordered_map<uint64_t, Task*>();  // leaked: tasks outlive main
-  return *m;
-}
-uint64_t g_next_handle = 0x5afec0000001;  // guarded by g_handles_mu
-std::atomic<uint64_t> g_refused_runs{0};
-
-safeconc_task* HandOut(Task* t) {
-  std::lock_guard<std::mutex> l(g_handles_mu);
-  const uint64_t h = g_next_handle;
-  g_next_handle += 16;
-  Handles().emplace(h, t);  // may throw bad_alloc: Dispatch's caller fails the call
-  t->handle = h;
-  return reinterpret_cast<safeconc_task*>(static_cast<uintptr_t>(h));
-}
-
-Task* TakeHandedOut(safeconc_task* h) {
-  const uint64_t key = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(h));
-  std::lock_guard<std::mutex> l(g_handles_mu);
-  auto it = Handles().find(key);
-  if (it == Handles().end()) return nullptr;
-  Task* t = it->second;
-  Handles().erase(it);
-  return t;
-}
-
-void ForgetHandle(safeconc_task* h) {
-  std::lock_guard<std::mutex> l(g_handles_mu);
-  Handles().erase(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(h)));
-}
-
-uint64_t RefusedTaskRuns() { return g_refused_runs.load(std::memory_order_relaxed); }
-void CountRefusedTaskRun() { g_refused_runs.fetch_add(1, std::memory_order_relaxed); }
-
-// ---- Owners -----------------------------------------------------------------------------------
-
-Owner::Owner(uint64_t id_, uint64_t tid_, safeconc_dispatch_fn h, void* arg, int efd)
-    : id(id_), tid(tid_), hook(h), hook_arg(arg), fd(efd) {
-  g_owners_open.fetch_add(1, std::memory_order_relaxed);
-}
-
-Owner::~Owner() {
-  if (!closed_.load(std::memory_order_relaxed))
-    g_owners_open.fetch_sub(1, std::memory_order_relaxed);
-  if (fd >= 0) ::close(fd);
-}
-
-bool Owner::OnOwnerThread() const { return ThisThread().tid == tid; }
-
-void Owner::TaskStarted(Task* t) {
-  std::lock_guard<std::mutex> l(mu_);
-  ForgetInHost(t);
-}
-
-void Owner::ForgetInHost(Task* t) {
-  auto it = std::find(in_host_.begin(), in_host_.end(), t);
-  if (it != in_host_.end()) in_host_.erase(it);
-}
-
-bool Owner::Dispatch(Task* t, std::string* why) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (closed_.load(std::memory_order_relaxed)) {
-      *why = Name() + " is closed";
-      return false;
-    }
-    if (hook == nullptr) {
-      queue_.PushBack(t);
-    } else {
-      in_host_.push_back(t);
-      ++hooks_running_;
-    }
-  }
-  safeconc_task* handle = nullptr;
-  if (hook != nullptr) {
-    try {
-      handle = HandOut(t);
-    } catch (...) {
-      std::lock_guard<std::mutex> l(mu_);
-      ForgetInHost(t);
-      if (--hooks_running_ == 0) hooks_done_.notify_all();
-      *why = "out of memory";
-      return false;
-    }
-  }
-  if (hook == nullptr) {
-    const uint64_t one = 1;
-    // An eventfd write only fails on counter overflow (2^64-2 unread signals).
-    if (::write(fd, &one, sizeof one) != sizeof one) {
-      // The task is queued; drain() still finds it on the next wake-up.
-    }
-    return true;
-  }
-  const int rc = hook(hook_arg, handle);
-  if (rc != 0) ForgetHandle(handle);  // refused: a later task_run with it is refused too
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    // Refused: the hook will never run it. Take it back unless close() already failed it.
-    if (rc != 0) ForgetInHost(t);
-    if (--hooks_running_ == 0) hooks_done_.notify_all();
-  }
-  if (rc == 0) return true;
-  *why =
-      "the dispatch hook of " + Name() + " refused the call (returned " + std::to_string(rc) + ")";
-  return false;
-}
-
-int Owner::Drain(int max) {
-  uint64_t signals;
-  // Non-blocking read: clears the readiness; tasks queued after it signal again.
-  if (::read(fd, &signals, sizeof signals) < 0 && errno != EAGAIN) return -SQLITE_IOERR;
-  int ran = 0;
-  while (max <= 0 || ran < max) {
-    Task* t;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      t = queue_.PopFront();
-    }
-    if (t == nullptr) break;
-    RunTask(t);
-    ++ran;
-  }
-  if (max > 0 && ran == max) {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!queue_.empty()) {
-      const uint64_t one = 1;
-      if (::write(fd, &one, sizeof one) != sizeof one) {
-      }  // keep the fd readable for the rest
-    }
-  }
-  return ran;
-}
-
-void Owner::Close() {
-  IntrusiveList<Task, &Task::queue_link> queued;
-  std::vector<Task*> in_host;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (closed_.load(std::memory_order_relaxed)) return;
-    closed_.store(true, std::memory_order_release);
-    g_owners_open.fetch_sub(1, std::memory_order_relaxed);
-    queued.Swap(queue_);
-  }
-  {
-    // A worker may be inside the hook right now (it checked closed_ before we set it). Wait
-    // for it to return: the binding frees the hook's resources after owner_close, and hooks
-    // never wait for the owner thread, so this wait is short. Only then is in_host_ final (a
-    // refused task leaves it, and its worker fails it).
-    std::unique_lock<std::mutex> l(mu_);
-    hooks_done_.wait(l, [this] { return hooks_running_ == 0; });
-    in_host = in_host_;  // the host's loop still holds these; it runs (or drops) them later
-  }
-  const std::string why = Name() + " was closed before it ran the call";
-  while (Task* t = queued.PopFront()) {
-    FailQueued(t, why);
-    ReleaseTask(t);  // the queue's reference
-  }
-  for (Task* t : in_host) FailQueued(t, why);
-}
-
 // ---- The functions SQLite calls -----------------------------------------------------------------
 
 namespace {
@@ -477,7 +53,7 @@ struct FuncHolder {
 void CallError(sqlite3_context* sctx, const std::string& msg, int code = SQLITE_ERROR) {
   sqlite3_result_error(sctx, msg.c_str(), static_cast<int>(msg.size()));
   if (code != SQLITE_ERROR) sqlite3_result_error_code(sctx, code);
-  g_failed.fetch_add(1, std::memory_order_relaxed);
+  g_udf_stats.failed.fetch_add(1, std::memory_order_relaxed);
 }
 
 void ApplyResult(sqlite3_context* sctx, Task* t) {
@@ -539,7 +115,7 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
   t->refs.store(2, std::memory_order_relaxed);  // this worker's, and the owner side's
   t->state.store(Task::kQueued, std::memory_order_relaxed);
   t->dispatched = Clock::now();
-  g_dispatched.fetch_add(1, std::memory_order_relaxed);
+  g_udf_stats.dispatched.fetch_add(1, std::memory_order_relaxed);
 
   std::string why;
   bool queued;
@@ -565,11 +141,17 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
   }
   bool timed_out = false;
   {
-    std::unique_lock<std::mutex> l(t->mu);
-    t->cv.wait_until(l, deadline, [&] {
+    MutexLock l(&t->mu);
+    auto over = [&] {
       s = t->state.load(std::memory_order_relaxed);
       return s == Task::kDone || s == Task::kFailed;
-    });
+    };
+    while (!over()) {
+      if (!t->cv.WaitUntil(&t->mu, deadline)) {
+        over();  // timed out: one last look, under mu
+        break;
+      }
+    }
     if (s != Task::kDone && s != Task::kFailed) {
       // Not started: the owner will skip it. Running: its result will be discarded.
       t->state.store(Task::kAbandoned, std::memory_order_relaxed);
@@ -577,7 +159,7 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
     }
   }
   if (timed_out) {
-    g_timeouts.fetch_add(1, std::memory_order_relaxed);
+    g_udf_stats.timeouts.fetch_add(1, std::memory_order_relaxed);
     CallError(sctx, "safeconc: function '" + f->name + "' timed out: " + o->Name() +
                         " did not run it within safeconc_call_timeout=" +
                         std::to_string(timeout_ms) + " ms (is the owner thread blocked?)");
@@ -586,8 +168,7 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
   } else {
     if (slot) *slot = t->agg_value;
     ApplyResult(sctx, t);
-    std::lock_guard<std::mutex> l(g_stats_mu);
-    DispatchHistogram()->Add(static_cast<uint64_t>(
+    AddDispatchLatency(static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t->dispatched)
             .count()));
   }
@@ -715,34 +296,6 @@ int CreateFunction(sqlite3* db, const char* name, int nArg, int flags,
   // t_registering, did not run the host's destructor: the user data is still the caller's.
   if (rc != SQLITE_OK) *why = sqlite3_errmsg(db);
   return rc;
-}
-
-bool InCallback(sqlite3* db) {
-  const ThreadState& h = ThisThread();
-  const int n = h.depth < kMaxNest ? h.depth : kMaxNest;
-  if (h.depth > kMaxNest) {
-    const DeepCallbacks& d = Deep();
-    // A connection whose push failed could be db: a refusal too many rather than a crash.
-    if (d.lost > 0 || std::find(d.dbs.begin(), d.dbs.end(), db) != d.dbs.end()) return true;
-  }
-  return std::find(h.callbacks, h.callbacks + n, db) != h.callbacks + n;
-}
-
-void WriteUdfJson(JsonWriter& w) {
-  w.Key("udf")
-      .BeginObject()
-      .Field("calls_direct", static_cast<int64_t>(DirectTotal()))
-      .Field("calls_dispatched", static_cast<int64_t>(g_dispatched.load(std::memory_order_relaxed)))
-      .Field("timeouts", static_cast<int64_t>(g_timeouts.load(std::memory_order_relaxed)))
-      .Field("failed", static_cast<int64_t>(g_failed.load(std::memory_order_relaxed)))
-      .Field("owners_open", g_owners_open.load(std::memory_order_relaxed))
-      .Field("tasks_in_use", g_tasks_in_use.load(std::memory_order_relaxed))
-      .Key("dispatch_us");
-  {
-    std::lock_guard<std::mutex> l(g_stats_mu);
-    DispatchHistogram()->WriteJson(w);
-  }
-  w.EndObject();
 }
 
 }  // namespace safeconc
