@@ -458,11 +458,18 @@ TEST_F(Trampoline, OwnerCloseWaitsForHookInProgress) {
   sctest::Db db(uri_);
   ASSERT_EQ(A()->create_function(db.get(), "count_calls", 1, 0, owner, nullptr, Count, nullptr),
             SQLITE_OK);
+  sctest::Db stats(uri_);
+  auto owners_open = [&] {
+    return stats.Int("SELECT json_extract(safeconc_stats(), '$.udf.owners_open')");
+  };
+  const int64_t open_before = owners_open();
   std::thread worker([&] { EXPECT_NE(db.Exec("SELECT count_calls(1)"), SQLITE_OK); });
   while (!gate.entered) std::this_thread::yield();
-  // Let the hook return only well after owner_close started waiting for it.
+  // The hook may return only once owner_close has marked the owner closed (owners_open drops
+  // there, right before it waits for hook calls). A close that does not wait returns at that
+  // very point, while the releaser has yet to see the gauge move and the hook to see release.
   std::thread releaser([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    while (owners_open() == open_before) std::this_thread::yield();
     gate.release = true;
   });
   ASSERT_EQ(A()->owner_close(owner), SQLITE_OK);
