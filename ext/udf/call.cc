@@ -89,6 +89,33 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
   }
 }
 
+// The worker's wait for a dispatched task: spins briefly (an owner that is idle in its loop
+// answers within microseconds), then parks until the owner is done or `deadline` passes. On
+// a timeout the task becomes kAbandoned: not started, the owner skips it; running, its result
+// is discarded. Returns the final state: kDone, kFailed or kAbandoned.
+int AwaitOwner(Task* t, Clock::time_point deadline) {
+  int s = t->state.load(std::memory_order_acquire);
+  for (int spin = 0; spin < 200 && s != Task::kDone && s != Task::kFailed; ++spin) {
+    s = t->state.load(std::memory_order_acquire);
+  }
+  MutexLock l(&t->mu);
+  auto over = [&] {
+    s = t->state.load(std::memory_order_relaxed);
+    return s == Task::kDone || s == Task::kFailed;
+  };
+  while (!over()) {
+    if (!t->cv.WaitUntil(&t->mu, deadline)) {
+      over();  // timed out: one last look, under mu
+      break;
+    }
+  }
+  if (s != Task::kDone && s != Task::kFailed) {
+    s = Task::kAbandoned;
+    t->state.store(s, std::memory_order_relaxed);
+  }
+  return s;
+}
+
 // The dispatched path (a worker thread): out of line, so the direct path stays small.
 [[gnu::noinline]] void DispatchCall(sqlite3_context* sctx, FuncHolder* h, int argc,
                                     sqlite3_value** argv, CallKind kind, void** slot) {
@@ -132,33 +159,8 @@ void ApplyResult(sqlite3_context* sctx, Task* t) {
     return;
   }
 
-  // Wait: spin briefly (an owner that is idle in its loop answers within microseconds),
-  // then park until the owner is done or the timeout passes.
-  const Clock::time_point deadline = t->dispatched + std::chrono::milliseconds(timeout_ms);
-  int s = t->state.load(std::memory_order_acquire);
-  for (int spin = 0; spin < 200 && s != Task::kDone && s != Task::kFailed; ++spin) {
-    s = t->state.load(std::memory_order_acquire);
-  }
-  bool timed_out = false;
-  {
-    MutexLock l(&t->mu);
-    auto over = [&] {
-      s = t->state.load(std::memory_order_relaxed);
-      return s == Task::kDone || s == Task::kFailed;
-    };
-    while (!over()) {
-      if (!t->cv.WaitUntil(&t->mu, deadline)) {
-        over();  // timed out: one last look, under mu
-        break;
-      }
-    }
-    if (s != Task::kDone && s != Task::kFailed) {
-      // Not started: the owner will skip it. Running: its result will be discarded.
-      t->state.store(Task::kAbandoned, std::memory_order_relaxed);
-      timed_out = true;
-    }
-  }
-  if (timed_out) {
+  const int s = AwaitOwner(t, t->dispatched + std::chrono::milliseconds(timeout_ms));
+  if (s == Task::kAbandoned) {
     g_udf_stats.timeouts.fetch_add(1, std::memory_order_relaxed);
     CallError(sctx, "safeconc: function '" + f->name + "' timed out: " + o->Name() +
                         " did not run it within safeconc_call_timeout=" +
