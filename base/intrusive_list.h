@@ -51,30 +51,8 @@ class IntrusiveList {
   // Whether t is on this list (O(1): an element with no predecessor must be the front).
   bool Contains(const T* t) const { return (t->*kLink).prev_ != nullptr || front_ == t; }
 
-  void PushBack(T* t) {
-    ListLink<T>& l = t->*kLink;
-    l.prev_ = back_;
-    l.next_ = nullptr;
-    if (back_ != nullptr) {
-      (back_->*kLink).next_ = t;
-    } else {
-      front_ = t;
-    }
-    back_ = t;
-    ++size_;
-  }
-  void PushFront(T* t) {
-    ListLink<T>& l = t->*kLink;
-    l.prev_ = nullptr;
-    l.next_ = front_;
-    if (front_ != nullptr) {
-      (front_->*kLink).prev_ = t;
-    } else {
-      back_ = t;
-    }
-    front_ = t;
-    ++size_;
-  }
+  void PushBack(T* t) { InsertAfter(back_, t); }
+  void PushFront(T* t) { InsertAfter(nullptr, t); }
   // t must be on this list (Contains(t)).
   void Remove(T* t) {
     ListLink<T>& l = t->*kLink;
@@ -106,6 +84,25 @@ class IntrusiveList {
   }
 
  private:
+  // Links t after prev (null: at the front); the mirror of Remove.
+  void InsertAfter(T* prev, T* t) {
+    T* const next = prev != nullptr ? (prev->*kLink).next_ : front_;
+    ListLink<T>& l = t->*kLink;
+    l.prev_ = prev;
+    l.next_ = next;
+    if (prev != nullptr) {
+      (prev->*kLink).next_ = t;
+    } else {
+      front_ = t;
+    }
+    if (next != nullptr) {
+      (next->*kLink).prev_ = t;
+    } else {
+      back_ = t;
+    }
+    ++size_;
+  }
+
   T* front_ = nullptr;
   T* back_ = nullptr;
   int64_t size_ = 0;
