@@ -12,14 +12,27 @@ SQLITE_EXTENSION_INIT3
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <set>
 #include <string>
 
+#include "base/sync.h"
+#include "base/thread_id.h"
 #include "ext/internal.h"
-#include "ext/trampoline.h"
-#include "vfs/coordinator.h"  // CurrentThreadId
-#include "vfs/shim.h"         // VfsOwnedByThisCopy
+#include "ext/udf/udf.h"
+#include "vfs/shim.h"  // VfsOwnedByThisCopy
+
+namespace safeconc {
+namespace {
+// Guards the set of owner handles (Owners() below) and each handle's impl. A leaf.
+Mutex g_owners_mu;
+}  // namespace
+}  // namespace safeconc
+
+// The opaque C type of an owner handle.
+struct safeconc_owner {
+  // Null once closed: functions and tasks keep the Owner itself alive, not the handle.
+  std::shared_ptr<safeconc::Owner> impl SC_GUARDED_BY(safeconc::g_owners_mu);
+};
 
 namespace safeconc {
 namespace {
@@ -62,8 +75,7 @@ const char* NotUsable() {
 // Every owner handle ever returned. Handles are never freed (a closed one stays a known,
 // closed handle, so a late call with it fails cleanly instead of touching freed memory);
 // the Owner behind it is freed with its last function and task.
-std::mutex g_owners_mu;
-std::set<safeconc_owner*>& Owners() {
+std::set<safeconc_owner*>& Owners() SC_REQUIRES(g_owners_mu) {
   static auto* s = new std::set<safeconc_owner*>();  // leaked: handles outlive everything
   return *s;
 }
@@ -74,7 +86,7 @@ int CheckOwner(safeconc_owner* h, std::shared_ptr<Owner>* impl, bool need_owner_
                const char* what) {
   if (const char* why = NotUsable()) return Fail(SQLITE_MISUSE, why);
   {
-    std::lock_guard<std::mutex> l(g_owners_mu);
+    MutexLock l(&g_owners_mu);
     if (h == nullptr || Owners().count(h) == 0) {
       return Fail(SQLITE_MISUSE, std::string(what) + ": not an owner handle");
     }
@@ -104,10 +116,11 @@ int OpenOwner(safeconc_dispatch_fn hook, void* hook_arg, bool fd_kind, safeconc_
                     std::string("owner_open_fd: eventfd: ") + std::strerror(errno));
     }
     auto* h = new safeconc_owner();
-    h->impl = std::make_shared<Owner>(g_next_owner.fetch_add(1) + 1, CurrentThreadId(),
-                                      fd_kind ? nullptr : hook, hook_arg, fd);
+    auto impl = std::make_shared<Owner>(g_next_owner.fetch_add(1) + 1, CurrentThreadId(),
+                                        fd_kind ? nullptr : hook, hook_arg, fd);
     {
-      std::lock_guard<std::mutex> l(g_owners_mu);
+      MutexLock l(&g_owners_mu);
+      h->impl = std::move(impl);
       Owners().insert(h);
     }
     *out = h;
@@ -153,7 +166,7 @@ int ApiOwnerClose(safeconc_owner* h) {
     if (rc != SQLITE_OK) return rc;
     o->Close();
     {
-      std::lock_guard<std::mutex> l(g_owners_mu);
+      MutexLock l(&g_owners_mu);
       h->impl.reset();  // the handle stays known (and closed); functions keep the Owner alive
     }
     return Ok();
@@ -197,10 +210,26 @@ void ApiTaskRun(safeconc_task* task) {
   }
 }
 
-int Create(const char* what, sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* h,
+// Which create_* entry point a registration came through: what it must be given, and the
+// name its messages carry.
+enum class Shape { kScalar, kAggregate, kWindow };
+const char* EntryPoint(Shape shape) {
+  switch (shape) {
+    case Shape::kScalar:
+      return "create_function";
+    case Shape::kAggregate:
+      return "create_aggregate";
+    case Shape::kWindow:
+      return "create_window";
+  }
+  return "create";
+}
+
+int Create(Shape shape, sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* h,
            void* user_data, safeconc_callback_fn fn, safeconc_callback_fn step,
            safeconc_callback_fn final, safeconc_callback_fn value, safeconc_callback_fn inverse,
            safeconc_destroy_fn destroy) {
+  const char* const what = EntryPoint(shape);
   try {
     std::shared_ptr<Owner> o;
     int rc = CheckOwner(h, &o, false, what);
@@ -220,9 +249,10 @@ int Create(const char* what, sqlite3* db, const char* name, int nArg, int flags,
     }
     const bool scalar = fn != nullptr, aggregate = step != nullptr && final != nullptr;
     const bool window = aggregate && value != nullptr && inverse != nullptr;
-    if ((std::strcmp(what, "create_function") == 0 && !scalar) ||
-        (std::strcmp(what, "create_aggregate") == 0 && !aggregate) ||
-        (std::strcmp(what, "create_window") == 0 && !window)) {
+    const bool complete = shape == Shape::kScalar      ? scalar
+                          : shape == Shape::kAggregate ? aggregate
+                                                       : window;
+    if (!complete) {
       return Fail(SQLITE_MISUSE, std::string(what) + " '" + name + "': a callback is NULL");
     }
     std::string why;
@@ -237,20 +267,20 @@ int Create(const char* what, sqlite3* db, const char* name, int nArg, int flags,
 
 int ApiCreateFunction(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
                       void* user_data, safeconc_callback_fn fn, safeconc_destroy_fn destroy) {
-  return Create("create_function", db, name, nArg, flags, owner, user_data, fn, nullptr, nullptr,
+  return Create(Shape::kScalar, db, name, nArg, flags, owner, user_data, fn, nullptr, nullptr,
                 nullptr, nullptr, destroy);
 }
 int ApiCreateAggregate(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
                        void* user_data, safeconc_callback_fn step, safeconc_callback_fn final,
                        safeconc_destroy_fn destroy) {
-  return Create("create_aggregate", db, name, nArg, flags, owner, user_data, nullptr, step, final,
+  return Create(Shape::kAggregate, db, name, nArg, flags, owner, user_data, nullptr, step, final,
                 nullptr, nullptr, destroy);
 }
 int ApiCreateWindow(sqlite3* db, const char* name, int nArg, int flags, safeconc_owner* owner,
                     void* user_data, safeconc_callback_fn step, safeconc_callback_fn final,
                     safeconc_callback_fn value, safeconc_callback_fn inverse,
                     safeconc_destroy_fn destroy) {
-  return Create("create_window", db, name, nArg, flags, owner, user_data, nullptr, step, final,
+  return Create(Shape::kWindow, db, name, nArg, flags, owner, user_data, nullptr, step, final,
                 value, inverse, destroy);
 }
 

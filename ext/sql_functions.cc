@@ -11,10 +11,10 @@ SQLITE_EXTENSION_INIT3
 #include <cstring>
 #include <string>
 
+#include "base/json.h"
 #include "ext/internal.h"
-#include "ext/trampoline.h"
+#include "ext/udf/udf.h"
 #include "safeconc_version.h"
-#include "vfs/json.h"
 #include "vfs/knobs.h"
 #include "vfs/locking.h"
 #include "vfs/misuse.h"

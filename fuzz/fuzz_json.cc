@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "vfs/json.h"
+#include "base/json.h"
 
 using safeconc::JsonWriter;
 

@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "vfs/histogram.h"
-#include "vfs/json.h"
+#include "base/histogram.h"
+#include "base/json.h"
 
 namespace safeconc {
 namespace {

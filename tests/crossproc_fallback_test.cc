@@ -92,7 +92,8 @@ void ExpectPolling(const std::function<int(int)>& child, const std::string& reas
 }
 
 TEST(Fallback, ReadOnlyDirectory) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to drop privileges to a user for whom it is read-only";
+  if (geteuid() != 0)
+    GTEST_SKIP() << "needs root to drop privileges to a user for whom it is read-only";
   sctest::LoadExtension();
   TempDir dir;
   const std::string path = dir.File("ro.db");

@@ -2,8 +2,8 @@
 #include <limits>
 #include <string>
 
+#include "base/json.h"
 #include "tests/test_util.h"
-#include "vfs/json.h"
 #include "vfs/knobs.h"
 
 namespace safeconc {

@@ -1,9 +1,6 @@
 // coordinator.cc - see coordinator.h for the model, the mutex rules and the lock order.
 #include "vfs/coordinator.h"
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 
 #include "vfs/timing.h"
@@ -17,87 +14,63 @@ int64_t Micros(Clock::duration d) {
 
 }  // namespace
 
-uint64_t CurrentThreadId() {
-  thread_local uint64_t tid = static_cast<uint64_t>(::syscall(SYS_gettid));
-  return tid;
-}
-
 // ---- The line (all under mu_) -----------------------------------------------------------
 
+Coordinator::Place& Coordinator::Of(Ticket* t) const { return t->place_; }
+
 Ticket* Coordinator::FrontLocked() const {
-  Ticket* t = head_;
-  while (t != nullptr && t->parked == 0 && t != reserved_) t = t->next;
-  return t;
+  Place* p = line_.front();
+  while (p != nullptr && p->parked == 0 && p->ticket != reserved_) p = line_.Next(p);
+  return p != nullptr ? p->ticket : nullptr;
 }
 
 Ticket* Coordinator::LiveAheadOfLocked(Ticket* t) const {
   // t itself counts as live: it is the one asking (woken, it is no longer parked).
-  for (Ticket* u = head_; u != nullptr && u != t; u = u->next) {
-    if (u->parked > 0 || u == reserved_) return u;
+  for (Place* u = line_.front(); u != nullptr && u->ticket != t; u = line_.Next(u)) {
+    if (u->parked > 0 || u->ticket == reserved_) return u->ticket;
   }
   return nullptr;
 }
 
 void Coordinator::LinkLocked(Ticket* t, bool at_front) {
   if (at_front) {
-    t->prev = nullptr;
-    t->next = head_;
-    if (head_)
-      head_->prev = t;
-    else
-      tail_ = t;
-    head_ = t;
+    line_.PushFront(&Of(t));
   } else {
-    t->prev = tail_;
-    t->next = nullptr;
-    if (tail_)
-      tail_->next = t;
-    else
-      head_ = t;
-    tail_ = t;
+    line_.PushBack(&Of(t));
   }
-  t->queued = true;
-  ++queue_len_;
-  stats_.max_queue = std::max(stats_.max_queue, queue_len_);
+  stats_.max_queue = std::max(stats_.max_queue, line_.size());
   UpdateHintLocked();
 }
 
 void Coordinator::EnqueueLocked(Ticket* t, Clock::duration fair, Clock::time_point now) {
-  if (t->queued && now - t->seen < timing::kStaleTicket) {
-    t->seen = now;  // a retry: keeps its place and its arrival time
+  Place& p = Of(t);
+  if (line_.Contains(&p) && now - p.seen < timing::kStaleTicket) {
+    p.seen = now;  // a retry: keeps its place and its arrival time
     return;
   }
   RemoveLocked(t);  // a stale place (its owner left) is given up: a new arrival
-  t->arrived = now;
-  t->seen = now;
-  t->fair = fair;
+  p.arrived = now;
+  p.seen = now;
+  p.fair = fair;
   LinkLocked(t, /*at_front=*/false);
 }
 
 void Coordinator::RemoveLocked(Ticket* t) {
   if (reserved_ == t) reserved_ = nullptr;
-  if (!t->queued) return;
-  if (t->prev)
-    t->prev->next = t->next;
-  else
-    head_ = t->next;
-  if (t->next)
-    t->next->prev = t->prev;
-  else
-    tail_ = t->prev;
-  t->prev = t->next = nullptr;
-  t->queued = false;
-  --queue_len_;
+  Place& p = Of(t);
+  if (!line_.Contains(&p)) return;
+  line_.Remove(&p);
   UpdateHintLocked();
 }
 
 void Coordinator::ParkLocked(Ticket* t, Clock::time_point until) {
-  ++t->parked;
+  Place& p = Of(t);
+  ++p.parked;
   ++parked_;
-  t->cv.WaitUntil(&mu_, until);
-  --t->parked;
+  p.cv.WaitUntil(&mu_, until);
+  --p.parked;
   --parked_;
-  t->seen = Clock::now();
+  p.seen = Clock::now();
 }
 
 bool Coordinator::MayTakeLocked(Ticket* t, Ask ask, Clock::time_point now) {
@@ -105,25 +78,25 @@ bool Coordinator::MayTakeLocked(Ticket* t, Ask ask, Clock::time_point now) {
   if (ask == Ask::kUpgrade) return true;  // stock SQLite grants any free write lock
   if (reserved_ != nullptr) {
     if (reserved_ == t) return true;
-    if (reserved_->parked > 0 || now < reserved_until_) return false;
+    if (Of(reserved_).parked > 0 || now < reserved_until_) return false;
     ++stats_.claim_lapsed;  // its waiter did not come back in time: the turn is free again
     reserved_ = nullptr;
   }
   Ticket* f = LiveAheadOfLocked(t);
   if (f == nullptr) return true;
   // Barging is allowed while the front waiter is within its bound (fair == 0: never).
-  return now - f->arrived < f->fair;
+  return now - Of(f).arrived < Of(f).fair;
 }
 
 void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_point now) {
   Ticket* f = reserved_ == t ? nullptr : LiveAheadOfLocked(t);
   if (f != nullptr) {
     ++stats_.barges;
-    if (ask == Ask::kUpgrade && now - f->arrived >= f->fair) {
+    if (ask == Ask::kUpgrade && now - Of(f).arrived >= Of(f).fair) {
       ++stats_.upgrade_barges;
     } else {
       stats_.max_overtaken_wait_us =
-          std::max(stats_.max_overtaken_wait_us, Micros(now - f->arrived));
+          std::max(stats_.max_overtaken_wait_us, Micros(now - Of(f).arrived));
     }
   }
   if (reserved_ == t) {
@@ -132,10 +105,10 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
   // A reservation for another waiter (an upgrade took the free turn) ends here too: this
   // turn's release reserves again for whoever is then at the front.
   reserved_ = nullptr;
-  if (t->queued) {
+  if (line_.Contains(&Of(t))) {
     ++stats_.waits;
-    stats_.wait_us.Add(static_cast<uint64_t>(Micros(now - t->arrived)));
-    if (released_at_ > t->arrived) {
+    stats_.wait_us.Add(static_cast<uint64_t>(Micros(now - Of(t).arrived)));
+    if (released_at_ > Of(t).arrived) {
       stats_.release_to_grant_us.Add(static_cast<uint64_t>(Micros(now - released_at_)));
     }
     RemoveLocked(t);
@@ -151,34 +124,34 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
 void Coordinator::OnFreeLocked(Clock::time_point now) {
   released_at_ = now;
   ++stats_.releases;
-  if (reserved_ != nullptr && reserved_->parked == 0 && now >= reserved_until_) {
+  if (reserved_ != nullptr && Of(reserved_).parked == 0 && now >= reserved_until_) {
     ++stats_.claim_lapsed;  // a reservation nobody came back for: gone with this release
     reserved_ = nullptr;
   }
   if (reserved_ != nullptr) {
     // Still reserved for a waiter on its way back: it claims the turn; the first parked
     // waiter must time its sleep to the reservation's end in case it never comes.
-    if (reserved_->parked > 0) {
-      reserved_->cv.Signal();
+    if (Of(reserved_).parked > 0) {
+      Of(reserved_).cv.Signal();
     } else if (Ticket* next = FirstParkedLocked(nullptr)) {
-      next->cv.Signal();
+      Of(next).cv.Signal();
     }
     return;
   }
   Ticket* f = FrontLocked();
   if (f == nullptr) return;
-  if (now - f->arrived >= f->fair) {
+  if (now - Of(f).arrived >= Of(f).fair) {
     reserved_ = f;
     reserved_until_ = now + timing::kClaimLease;
   }
   // One wake-up per release: the front waiter either takes the turn or, if a running writer
   // was quicker (allowed while it is within its bound), parks again.
-  f->cv.Signal();
+  Of(f).cv.Signal();
 }
 
 Ticket* Coordinator::FirstParkedLocked(Ticket* except) const {
-  for (Ticket* u = head_; u != nullptr; u = u->next) {
-    if (u->parked > 0 && u != except) return u;
+  for (Place* u = line_.front(); u != nullptr; u = line_.Next(u)) {
+    if (u->parked > 0 && u->ticket != except) return u->ticket;
   }
   return nullptr;
 }
@@ -189,8 +162,8 @@ Clock::time_point Coordinator::WakeLocked(Ticket* t, Clock::time_point until,
   // time (a reservation not claimed, a pre-read turn revoked), which no one signals: a waiter
   // never sleeps past the end of a reservation for another, nor longer than kPreReadLease.
   Clock::time_point wake = std::min(until, now + timing::kPreReadLease);
-  if (reserved_ != nullptr && reserved_ != t && reserved_->parked == 0 && reserved_until_ > now &&
-      holder_ == nullptr) {
+  if (reserved_ != nullptr && reserved_ != t && Of(reserved_).parked == 0 &&
+      reserved_until_ > now && holder_ == nullptr) {
     wake = std::min(wake, reserved_until_);
   }
   return wake;
@@ -204,7 +177,7 @@ void Coordinator::ClearHolderLocked() {
 }
 
 void Coordinator::UpdateHintLocked() {
-  contended_.store(holder_ != nullptr || queue_len_ > 0, std::memory_order_relaxed);
+  contended_.store(holder_ != nullptr || !line_.empty(), std::memory_order_relaxed);
 }
 
 void Coordinator::RevokeStaleLocked(Clock::time_point now) {
@@ -302,8 +275,8 @@ void Coordinator::YieldTurnKeepPlace(Ticket* t) {
   --stats_.acquisitions;  // the grant did not stick
   ++stats_.cross_process_busy;
   RemoveLocked(t);
-  t->arrived = now;
-  t->seen = now;
+  Of(t).arrived = now;
+  Of(t).seen = now;
   LinkLocked(t, /*at_front=*/true);
   // Reserved for t: in-process newcomers would only be refused by the base lock too.
   reserved_ = t;
@@ -316,18 +289,19 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
   Clock::time_point now = Clock::now();
   // A ticket whose owner stopped waiting long ago (its binding's handler gave up) is not
   // revived by an unrelated sleep on the same thread.
-  if (t->queued && t->parked == 0 && now - t->seen > timing::kStaleTicket) {
+  Place& p = Of(t);
+  if (line_.Contains(&p) && p.parked == 0 && now - p.seen > timing::kStaleTicket) {
     return TurnWait::kNotQueued;
   }
   for (;;) {
     RevokeStaleLocked(now);
-    if (!t->queued) return TurnWait::kNotQueued;
-    t->seen = now;
+    if (!line_.Contains(&p)) return TurnWait::kNotQueued;
+    p.seen = now;
     if (MayTakeLocked(t, Ask::kWrite, now)) {
       // t leaves to claim the turn through SQLite's retry. If it is reserved for t, the next
       // waiter must time its sleep to the reservation's end in case t never comes back.
       if (reserved_ == t) {
-        if (Ticket* next = FirstParkedLocked(t)) next->cv.Signal();
+        if (Ticket* next = FirstParkedLocked(t)) Of(next).cv.Signal();
       }
       return TurnWait::kReady;
     }
@@ -341,7 +315,7 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
 
 void Coordinator::Cancel(Ticket* t, CancelWhy why) {
   MutexLock l(&mu_);
-  if (!t->queued) return;
+  if (!line_.Contains(&Of(t))) return;
   if (why == CancelWhy::kTimeout) ++stats_.timeouts;
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
@@ -351,18 +325,11 @@ void Coordinator::Cancel(Ticket* t, CancelWhy why) {
 void Coordinator::Close(Ticket* t) {
   MutexLock l(&mu_);
   const Clock::time_point now = Clock::now();
-  t->open = false;
+  Place& p = Of(t);
+  p.open = false;
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
-  if (t->reading) {
-    if (t->rprev)
-      t->rprev->rnext = t->rnext;
-    else
-      readers_ = t->rnext;
-    if (t->rnext) t->rnext->rprev = t->rprev;
-    t->reading = false;
-    --reader_count_;
-  }
+  if (readers_.Contains(&p)) readers_.Remove(&p);  // the generation is bumped below
   if (holder_ == t) {  // SQLite unlocks before closing; stay safe if it did not
     ClearHolderLocked();
     OnFreeLocked(now);
@@ -374,34 +341,22 @@ void Coordinator::Close(Ticket* t) {
 
 bool Coordinator::IsOpen(Ticket* t) {
   MutexLock l(&mu_);
-  return t->open;
+  return Of(t).open;
 }
 
 // ---- Readers ---------------------------------------------------------------------------
 
 void Coordinator::ReaderEnter(Ticket* t) {
   MutexLock l(&mu_);
-  if (t->reading) return;
-  t->reading = true;
-  t->read_since = Clock::now();
-  t->rprev = nullptr;
-  t->rnext = readers_;
-  if (readers_) readers_->rprev = t;
-  readers_ = t;
-  ++reader_count_;
+  Place& p = Of(t);
+  if (!readers_.Contains(&p)) readers_.PushFront(&p);
 }
 
 void Coordinator::ReaderLeave(Ticket* t) {
   MutexLock l(&mu_);
-  if (!t->reading) return;
-  if (t->rprev)
-    t->rprev->rnext = t->rnext;
-  else
-    readers_ = t->rnext;
-  if (t->rnext) t->rnext->rprev = t->rprev;
-  t->rprev = t->rnext = nullptr;
-  t->reading = false;
-  --reader_count_;
+  Place& p = Of(t);
+  if (!readers_.Contains(&p)) return;
+  readers_.Remove(&p);
   BumpGenerationLocked();
 }
 
@@ -409,10 +364,10 @@ void Coordinator::CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* o
   MutexLock l(&mu_);
   *others = 0;
   *on_tid = 0;
-  for (Ticket* r = readers_; r != nullptr; r = r->rnext) {
-    if (r == t) continue;
+  for (Place* r = readers_.front(); r != nullptr; r = readers_.Next(r)) {
+    if (r->ticket == t) continue;
     ++*others;
-    if (r->last_tid.load(std::memory_order_relaxed) == tid) ++*on_tid;
+    if (r->ticket->last_tid.load(std::memory_order_relaxed) == tid) ++*on_tid;
   }
 }
 
@@ -484,8 +439,8 @@ BlockerInfo Coordinator::Blocker() {
     b.holder_last_tid = holder_->last_tid.load(std::memory_order_relaxed);
     b.held_ms = Micros(Clock::now() - holder_since_) / 1000;
   }
-  b.queued = queue_len_;
-  b.readers = reader_count_;
+  b.queued = line_.size();
+  b.readers = readers_.size();
   return b;
 }
 
@@ -494,9 +449,9 @@ RestState Coordinator::Rest() {
   RestState r;
   r.held = holder_ != nullptr;
   r.reserved = reserved_ != nullptr;
-  r.queued = queue_len_;
+  r.queued = line_.size();
   r.parked = parked_;
-  r.readers = reader_count_;
+  r.readers = readers_.size();
   return r;
 }
 
@@ -504,8 +459,8 @@ void Coordinator::WriteJson(JsonWriter& w) {
   MutexLock l(&mu_);
   const Clock::time_point now = Clock::now();
   int64_t walked = 0, walked_readers = 0;
-  for (Ticket* u = head_; u != nullptr; u = u->next) ++walked;
-  for (Ticket* u = readers_; u != nullptr; u = u->rnext) ++walked_readers;
+  for (Place* u = line_.front(); u != nullptr; u = line_.Next(u)) ++walked;
+  for (Place* u = readers_.front(); u != nullptr; u = readers_.Next(u)) ++walked_readers;
   w.BeginObject()
       .Field("acquisitions", static_cast<int64_t>(stats_.acquisitions))
       .Field("releases", static_cast<int64_t>(stats_.releases))
@@ -528,9 +483,9 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("busy_returns", static_cast<int64_t>(stats_.busy_returns))
       .Field("cross_process_busy", static_cast<int64_t>(stats_.cross_process_busy))
       .Field("busy_handlers_installed", static_cast<int64_t>(stats_.handlers_installed))
-      .Field("queue_depth", queue_len_)
+      .Field("queue_depth", line_.size())
       .Field("max_queue_depth", stats_.max_queue)
-      .Field("readers", reader_count_)
+      .Field("readers", readers_.size())
       .Key("debug")
       .BeginObject()
       .Key("held")

@@ -23,10 +23,12 @@
 // Threads are not owners: nothing here is refused because of the calling thread. The
 // thread a handle was last used on (Ticket::last_tid) is reported, never enforced.
 //
-// Mutex rules: mu_ guards every field below marked SC_GUARDED_BY(mu_) and the fields of every
-// Ticket of this coordinator marked "guarded by coord->mu_". Nothing is called out of this
-// file with mu_ held: no SQLite call, no callback. Lock order: Registry::mu_ before mu_
-// (diagnostics); mu_ is otherwise a leaf.
+// Mutex rules: mu_ guards every field below marked SC_GUARDED_BY(mu_) and the Place of every
+// Ticket of this coordinator (the ticket's line and reader links, its parked count, arrival,
+// fairness bound and condition variable), which only Coordinator code can reach, through
+// accessors that require mu_. Nothing is called out of this file with mu_ held: no SQLite
+// call, no callback. Lock order: Registry::mu_ before mu_ (diagnostics); mu_ is otherwise a
+// leaf.
 //
 // Lifetime: shared_ptr, held by the registry entry and by every Ticket, so a busy record
 // left in a thread-local after its file closed can still be inspected safely.
@@ -38,9 +40,10 @@
 #include <cstdint>
 #include <memory>
 
-#include "vfs/histogram.h"
-#include "vfs/json.h"
-#include "vfs/sync.h"
+#include "base/histogram.h"
+#include "base/intrusive_list.h"
+#include "base/json.h"
+#include "base/sync.h"
 
 namespace safeconc {
 
@@ -52,39 +55,7 @@ enum TurnReason : unsigned {
   kReasonTxn = 2,    // safeconc_txn=immediate/serial: for the whole lock period
 };
 
-// The calling thread's kernel id, for diagnostics and same-thread deadlock detection.
-uint64_t CurrentThreadId();
-
-class Coordinator;
-
-// One per open shim file: its place in line and what the coordinator knows of it.
-struct Ticket {
-  Ticket(std::shared_ptr<Coordinator> c, uint64_t handle_id)
-      : coord(std::move(c)), handle(handle_id) {}
-
-  // Constant after construction.
-  const std::shared_ptr<Coordinator> coord;
-  const uint64_t handle;  // process-unique id of the shim file (diagnostics)
-  // The thread of this handle's latest lock call. Written (relaxed) by the lock paths of the
-  // handle, read by diagnostics on any thread: a hint that never orders anything.
-  std::atomic<uint64_t> last_tid{0};
-
-  // The rest is guarded by coord->mu_ (not expressible as an annotation on a member of
-  // another object; every access is inside Coordinator methods that hold mu_).
-  Ticket* prev = nullptr;  // queue links
-  Ticket* next = nullptr;
-  bool queued = false;
-  bool open = true;           // false once the file closed
-  int parked = 0;             // threads of this handle waiting on cv right now (0 or 1)
-  Clock::time_point arrived;  // when the current request first queued
-  Clock::time_point seen;     // when its owner last waited here (kStaleTicket)
-  Clock::duration fair{};     // its connection's safeconc_fair_ms
-  Ticket* rprev = nullptr;    // reader links (rollback SHARED holders)
-  Ticket* rnext = nullptr;
-  bool reading = false;
-  Clock::time_point read_since;
-  CondVar cv;  // signalled when the turn may be this ticket's
-};
+class Ticket;
 
 // What a refused request was up against, for safeconc_last_busy().
 struct BlockerInfo {
@@ -208,7 +179,7 @@ class Coordinator {
   void EnqueueLocked(Ticket* t, Clock::duration fair, Clock::time_point now) SC_REQUIRES(mu_);
   void LinkLocked(Ticket* t, bool at_front) SC_REQUIRES(mu_);
   void RemoveLocked(Ticket* t) SC_REQUIRES(mu_);
-  // Parks the calling thread on t->cv until `until` or a signal.
+  // Parks the calling thread on t's condition variable until `until` or a signal.
   void ParkLocked(Ticket* t, Clock::time_point until) SC_REQUIRES(mu_);
   // When a parked waiter must look again at the latest (see the .cc).
   Clock::time_point WakeLocked(Ticket* t, Clock::time_point until, Clock::time_point now) const
@@ -216,6 +187,25 @@ class Coordinator {
   void ClearHolderLocked() SC_REQUIRES(mu_);
   void BumpGenerationLocked() SC_REQUIRES(mu_);
   void UpdateHintLocked() SC_REQUIRES(mu_);
+
+  // What this coordinator knows of one ticket. It lives inside the Ticket (no allocation, no
+  // lookup) but is the coordinator's state, guarded by mu_: a private type only Coordinator
+  // code can name, reached through Of(t), which requires mu_, or through the lists and
+  // holder_/reserved_, which are SC_GUARDED_BY(mu_). Clang checks both ways in.
+  struct Place {
+    explicit Place(Ticket* t) : ticket(t) {}
+    Ticket* const ticket;         // the ticket this is the place of (constant)
+    ListLink<Place> line_link;    // in line_ while queued
+    ListLink<Place> reader_link;  // in readers_ while it holds SHARED (rollback)
+    bool open = true;             // false once the file closed
+    int parked = 0;               // threads of this handle waiting on cv right now (0 or 1)
+    Clock::time_point arrived;    // when the current request first queued
+    Clock::time_point seen;       // when its owner last waited here (kStaleTicket)
+    Clock::duration fair{};       // its connection's safeconc_fair_ms
+    CondVar cv;                   // signalled when the turn may be this ticket's
+  };
+  friend class Ticket;  // holds its Place
+  Place& Of(Ticket* t) const SC_REQUIRES(mu_);
 
   Mutex mu_;
   // The write turn.
@@ -228,14 +218,11 @@ class Coordinator {
   // it or reserved_until_ passes while it is not parked.
   Ticket* reserved_ SC_GUARDED_BY(mu_) = nullptr;
   Clock::time_point reserved_until_ SC_GUARDED_BY(mu_);
-  // The line (intrusive, in arrival order).
-  Ticket* head_ SC_GUARDED_BY(mu_) = nullptr;
-  Ticket* tail_ SC_GUARDED_BY(mu_) = nullptr;
-  int64_t queue_len_ SC_GUARDED_BY(mu_) = 0;
+  // The line, in arrival order.
+  IntrusiveList<Place, &Place::line_link> line_ SC_GUARDED_BY(mu_);
   int64_t parked_ SC_GUARDED_BY(mu_) = 0;
   // Readers (rollback mode).
-  Ticket* readers_ SC_GUARDED_BY(mu_) = nullptr;
-  int64_t reader_count_ SC_GUARDED_BY(mu_) = 0;
+  IntrusiveList<Place, &Place::reader_link> readers_ SC_GUARDED_BY(mu_);
   // Release notifications.
   uint64_t generation_ SC_GUARDED_BY(mu_) = 0;
   int change_waiters_ SC_GUARDED_BY(mu_) = 0;
@@ -266,6 +253,24 @@ class Coordinator {
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;
   } stats_ SC_GUARDED_BY(mu_);
+};
+
+// One per open shim file: its place in line and what the coordinator knows of it.
+class Ticket {
+ public:
+  Ticket(std::shared_ptr<Coordinator> c, uint64_t handle_id)
+      : coord(std::move(c)), handle(handle_id), place_(this) {}
+
+  // Constant after construction.
+  const std::shared_ptr<Coordinator> coord;
+  const uint64_t handle;  // process-unique id of the shim file (diagnostics)
+  // The thread of this handle's latest lock call. Written (relaxed) by the lock paths of the
+  // handle, read by diagnostics on any thread: a hint that never orders anything.
+  std::atomic<uint64_t> last_tid{0};
+
+ private:
+  friend class Coordinator;
+  Coordinator::Place place_;  // the coordinator's, under coord->mu_ (see Coordinator::Place)
 };
 
 }  // namespace safeconc

@@ -31,6 +31,7 @@ SQLITE_EXTENSION_INIT3
 #include <cstring>
 #include <thread>
 
+#include "base/thread_id.h"
 #include "vfs/locking.h"
 #include "vfs/shim.h"
 #include "vfs/timing.h"

@@ -4,7 +4,7 @@ SQLITE_EXTENSION_INIT3
 
 #include "vfs/misuse.h"
 
-#include "vfs/coordinator.h"  // CurrentThreadId
+#include "base/thread_id.h"
 
 namespace safeconc {
 namespace {

@@ -4,6 +4,7 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT3
 
+#include "base/thread_id.h"
 #include "vfs/locking.h"
 #include "vfs/shim.h"
 #include "vfs/timing.h"

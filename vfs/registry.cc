@@ -36,21 +36,24 @@ DbEntry* Registry::Acquire(const char* path, const LockCounters* handle) {
   }
   MutexLock l(&mu_);
   ++opens_;
-  DbEntry*& e = entries_[id];
-  if (e == nullptr) e = new DbEntry(id, path);
-  e->handles_.push_back(handle);
-  return e;
+  Slot& s = entries_[id];
+  if (s.entry == nullptr) s.entry = new DbEntry(id, path);
+  s.handles.push_back(handle);
+  return s.entry;
 }
 
 void Registry::Release(DbEntry* e, const LockCounters* handle) {
   DbEntry* to_free = nullptr;
   {
     MutexLock l(&mu_);
-    auto& hs = e->handles_;
+    auto it = entries_.find(e->id());
+    if (it == entries_.end()) return;  // cannot happen: e has a handle open
+    Slot& s = it->second;
+    auto& hs = s.handles;
     hs.erase(std::remove(hs.begin(), hs.end(), handle), hs.end());
-    e->retired_.Add(*handle);
+    s.retired.Add(*handle);
     if (hs.empty()) {
-      retired_.Add(e->retired_);
+      retired_.Add(s.retired);
       entries_.erase(e->id());
       to_free = e;
     }
@@ -58,14 +61,15 @@ void Registry::Release(DbEntry* e, const LockCounters* handle) {
   delete to_free;
 }
 
-void Registry::WriteEntryLocked(JsonWriter& w, const DbEntry& e) {
-  LockTotals t = e.retired_;
-  for (const LockCounters* h : e.handles_) t.Add(*h);
+void Registry::WriteEntryLocked(JsonWriter& w, const Slot& s) {
+  const DbEntry& e = *s.entry;
+  LockTotals t = s.retired;
+  for (const LockCounters* h : s.handles) t.Add(*h);
   w.BeginObject()
       .Field("path", e.path())
       .Field("dev", static_cast<int64_t>(e.id().dev))
       .Field("ino", static_cast<int64_t>(e.id().ino))
-      .Field("handles", static_cast<int64_t>(e.handles_.size()))
+      .Field("handles", static_cast<int64_t>(s.handles.size()))
       .Key("lock_calls");
   t.WriteJson(w);
   w.Key("coordinator");
@@ -76,7 +80,12 @@ void Registry::WriteEntryLocked(JsonWriter& w, const DbEntry& e) {
 
 void Registry::WriteEntryJson(JsonWriter& w, DbEntry* e) {
   MutexLock l(&mu_);
-  WriteEntryLocked(w, *e);
+  auto it = entries_.find(e->id());
+  if (it == entries_.end()) {  // cannot happen: the caller's handle is open
+    w.Null();
+    return;
+  }
+  WriteEntryLocked(w, it->second);
 }
 
 void Registry::WriteProcessJson(JsonWriter& w) {
@@ -84,9 +93,9 @@ void Registry::WriteProcessJson(JsonWriter& w) {
   LockTotals all = retired_;
   int64_t handles = 0;
   for (const auto& kv : entries_) {
-    all.Add(kv.second->retired_);
-    for (const LockCounters* h : kv.second->handles_) all.Add(*h);
-    handles += static_cast<int64_t>(kv.second->handles_.size());
+    all.Add(kv.second.retired);
+    for (const LockCounters* h : kv.second.handles) all.Add(*h);
+    handles += static_cast<int64_t>(kv.second.handles.size());
   }
   w.Key("process")
       .BeginObject()
@@ -97,7 +106,7 @@ void Registry::WriteProcessJson(JsonWriter& w) {
   all.WriteJson(w);
   w.EndObject();
   w.Key("databases").BeginArray();
-  for (const auto& kv : entries_) WriteEntryLocked(w, *kv.second);
+  for (const auto& kv : entries_) WriteEntryLocked(w, kv.second);
   w.EndArray();
 }
 

@@ -3,10 +3,12 @@
 // created by the first open and freed with the last close. It is where the per-file
 // coordinator lives and where lock-call counters of closed handles accumulate.
 //
-// Mutex rules: Registry::mu_ guards the map, every entry's handle list and every entry's
-// retired counters. Nothing is called out of this file while mu_ is held (no SQLite call,
-// no callback). Lock order: Registry::mu_ before Coordinator::mu_, CrossProcess::mu_ and the
-// sidecar's mutex (diagnostics; the sidecar's is waited for at most kXprocMutexWait).
+// Mutex rules: Registry::mu_ guards the map and, in it, every entry's handle list and retired
+// counters (Registry::Slot). No SQLite call and no callback runs while mu_ is held.
+// Lock order: Registry::mu_ before Coordinator::mu_, CrossProcess::mu_ and the sidecar's
+// mutex (waited for at most kXprocMutexWait): the diagnostics write each entry's
+// coordinator and sidecar under mu_, so the entry cannot be freed meanwhile. Nothing takes
+// mu_ under a Coordinator::mu_ (the coordinator never calls out), so the order cannot cycle.
 #ifndef SAFECONC_VFS_REGISTRY_H
 #define SAFECONC_VFS_REGISTRY_H
 
@@ -20,9 +22,9 @@
 #include <utility>
 #include <vector>
 
+#include "base/json.h"
+#include "base/sync.h"
 #include "vfs/coordinator.h"
-#include "vfs/json.h"
-#include "vfs/sync.h"
 #include "vfs/xproc.h"
 
 namespace safeconc {
@@ -56,8 +58,8 @@ struct FileId {
   bool operator<(const FileId& o) const { return dev != o.dev ? dev < o.dev : ino < o.ino; }
 };
 
-class Registry;
-
+// One database file: constant after construction. What changes with its opens and closes
+// (the live handles, the retired counters) is the registry's, in its Slot under mu_.
 class DbEntry {
  public:
   DbEntry(FileId id, std::string path)
@@ -71,14 +73,10 @@ class DbEntry {
   CrossProcess& xproc() const { return xproc_; }
 
  private:
-  friend class Registry;
   const FileId id_;
   const std::string path_;
   const std::shared_ptr<Coordinator> coord_;
   mutable CrossProcess xproc_;  // thread-safe on its own (vfs/xproc.h)
-  // Guarded by Registry::mu_ (an annotation cannot name another object's member here).
-  std::vector<const LockCounters*> handles_;  // live handles' counters
-  LockTotals retired_;                        // counters of closed handles
 };
 
 class Registry {
@@ -96,10 +94,16 @@ class Registry {
   void WriteEntryJson(JsonWriter& w, DbEntry* e) SC_EXCLUDES(mu_);  // one database's object
 
  private:
-  void WriteEntryLocked(JsonWriter& w, const DbEntry& e) SC_REQUIRES(mu_);
+  // An entry and what the registry keeps of it; reached only through entries_.
+  struct Slot {
+    DbEntry* entry = nullptr;
+    std::vector<const LockCounters*> handles;  // live handles' counters
+    LockTotals retired;                        // counters of the entry's closed handles
+  };
+  void WriteEntryLocked(JsonWriter& w, const Slot& s) SC_REQUIRES(mu_);
 
   Mutex mu_;
-  std::map<FileId, DbEntry*> entries_ SC_GUARDED_BY(mu_);
+  std::map<FileId, Slot> entries_ SC_GUARDED_BY(mu_);
   uint64_t opens_ SC_GUARDED_BY(mu_) = 0;
   LockTotals retired_ SC_GUARDED_BY(mu_);  // from entries already freed
 };

@@ -46,9 +46,9 @@
 #include <map>
 #include <string>
 
-#include "vfs/histogram.h"
-#include "vfs/json.h"
-#include "vfs/sync.h"
+#include "base/histogram.h"
+#include "base/json.h"
+#include "base/sync.h"
 
 namespace safeconc {
 

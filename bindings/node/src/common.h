@@ -32,8 +32,8 @@
 #include <string>
 #include <vector>
 
+#include "base/sync.h"
 #include "safeconc.h"
-#include "vfs/sync.h"
 
 namespace scnode {
 

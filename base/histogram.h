@@ -1,12 +1,12 @@
 // histogram.h - a fixed-size log-linear histogram of microsecond durations, for wait-time
 // and latency percentiles in the diagnostics. Four sub-buckets per power of two (about 19%
 // resolution), no allocation. Not thread-safe: the owner guards it with its own mutex.
-#ifndef SAFECONC_VFS_HISTOGRAM_H
-#define SAFECONC_VFS_HISTOGRAM_H
+#ifndef SAFECONC_BASE_HISTOGRAM_H
+#define SAFECONC_BASE_HISTOGRAM_H
 
 #include <cstdint>
 
-#include "vfs/json.h"
+#include "base/json.h"
 
 namespace safeconc {
 
@@ -67,4 +67,4 @@ class Histogram {
 
 }  // namespace safeconc
 
-#endif  // SAFECONC_VFS_HISTOGRAM_H
+#endif  // SAFECONC_BASE_HISTOGRAM_H

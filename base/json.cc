@@ -1,5 +1,5 @@
 // json.cc - see json.h.
-#include "vfs/json.h"
+#include "base/json.h"
 
 #include <cmath>
 #include <cstdio>

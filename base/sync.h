@@ -1,13 +1,13 @@
-// sync.h - the mutex type every coordinator structure uses, with Clang thread-safety
-// annotations (abseil style). Under GCC the annotations compile to nothing; `make lint`
-// builds once with `clang -Wthread-safety -Werror` so that a field read without its mutex
-// is a compile error there.
+// sync.h - the mutex type every mutex of the extension (vfs/ and ext/) is, with Clang
+// thread-safety annotations (abseil style). Under GCC the annotations compile to nothing; `make
+// lint` builds once with `clang -Wthread-safety -Werror` so that a field read without its mutex is
+// a compile error there.
 //
 // std::mutex is not annotated in libstdc++, so Mutex wraps it. MutexLock is the scoped
 // holder; CondVar waits on a Mutex. Memory ordering: lock() acquires, unlock() releases,
 // as std::mutex. Who destroys a Mutex: its owning object, once no thread can reach it.
-#ifndef SAFECONC_VFS_SYNC_H
-#define SAFECONC_VFS_SYNC_H
+#ifndef SAFECONC_BASE_SYNC_H
+#define SAFECONC_BASE_SYNC_H
 
 #include <chrono>
 #include <condition_variable>
@@ -82,4 +82,4 @@ class CondVar {
 
 }  // namespace safeconc
 
-#endif  // SAFECONC_VFS_SYNC_H
+#endif  // SAFECONC_BASE_SYNC_H

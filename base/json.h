@@ -1,8 +1,8 @@
 // json.h - a small streaming JSON writer for the diagnostics (safeconc_stats and friends).
 // It handles commas and string escaping; callers must balance Begin/End. Not thread-safe:
 // one writer per output.
-#ifndef SAFECONC_VFS_JSON_H
-#define SAFECONC_VFS_JSON_H
+#ifndef SAFECONC_BASE_JSON_H
+#define SAFECONC_BASE_JSON_H
 
 #include <cstdint>
 #include <string>
@@ -35,4 +35,4 @@ class JsonWriter {
 
 }  // namespace safeconc
 
-#endif  // SAFECONC_VFS_JSON_H
+#endif  // SAFECONC_BASE_JSON_H
