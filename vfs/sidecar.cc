@@ -193,8 +193,9 @@ bool Build(XShared* s) SC_NO_THREAD_SAFETY_ANALYSIS {
   s->size = sizeof(XShared);
   s->pidns = xproc::PidNamespace();
   s->reserved = -1;
-  std::atomic_thread_fence(std::memory_order_release);
-  s->magic = xproc::kMagic;  // last: a sidecar with the magic is complete
+  // Last: a sidecar with the magic is complete. Every other opener reads it only after it got
+  // the init lock (byte 0) that this process holds now; fcntl orders the two.
+  s->magic = xproc::kMagic;
   return true;
 }
 
