@@ -50,12 +50,15 @@ bool RobustMutex::Lock(std::chrono::nanoseconds wait, bool* owner_died) {
   *owner_died = false;
   int rc = pthread_mutex_trylock(&m_);
   if (rc == EBUSY) {
+    // pthread_mutex_timedlock (CLOCK_REALTIME) rather than pthread_mutex_clocklock: the
+    // sanitizers intercept only the former. A clock step can only lengthen or shorten this
+    // bounded wait.
     timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_REALTIME, &ts);
     const int64_t ns = ts.tv_nsec + wait.count();
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
-    rc = pthread_mutex_clocklock(&m_, CLOCK_MONOTONIC, &ts);
+    rc = pthread_mutex_timedlock(&m_, &ts);
   }
   if (rc == EOWNERDEAD) {
     *owner_died = true;
