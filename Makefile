@@ -30,7 +30,11 @@ test: build
 	ctest --test-dir build $(CTEST_FLAGS)
 
 # The shell and python tests load the .so into uninstrumented programs (sqlite3, python3),
-# which cannot host a sanitizer runtime; the sanitizer runs cover every C++ test.
+# which cannot host a sanitizer runtime; the sanitizer runs cover every C++ test, except that
+# TSan skips crossproc_crash_test: its interceptor of pthread_mutex_timedlock does not record
+# a lock acquired with EOWNERDEAD (a process killed holding the sidecar's robust mutex), so
+# every repair is reported as an unlock of an unlocked mutex. ASan runs it; TSan covers the
+# in-process parts of the cross-process code through crossproc_test.
 test-asan: deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSAFECONC_SANITIZE=address $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build-asan -j$(JOBS)
@@ -41,7 +45,7 @@ test-tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAFECONC_SANITIZE=thread $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build-tsan -j$(JOBS)
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
-	  ctest --test-dir build-tsan $(CTEST_FLAGS) -LE 'shell|python|node'
+	  ctest --test-dir build-tsan $(CTEST_FLAGS) -LE 'shell|python|node' -E crossproc_crash_test
 
 lint: deps
 	clang-format --dry-run -Werror $(SOURCES)

@@ -67,8 +67,11 @@ bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until,
 
 // Gives back the write turn: the in-process one and the shared one.
 void ReleaseTurns(ShimFile* p) {
-  Coord(p).ReleaseTurn(p->ticket.get());
+  // The shared turn first: otherwise another handle of this process could take the in-process
+  // turn and find the shared one still held by this process, passing it on without the
+  // shared line's fairness check.
   Xp(p).Release(p->handle_id);
+  Coord(p).ReleaseTurn(p->ticket.get());
 }
 
 // Does this lock period take the write turn first?

@@ -207,7 +207,6 @@ bool Build(XShared* s) SC_NO_THREAD_SAFETY_ANALYSIS {
 void CrossProcess::Attach(const char* db_path, bool writable) {
   MutexLock l(&mu_);
   if (tried_) return;
-  tried_ = true;
   sidecar_ = std::string(db_path) + "-safeconc";
   auto fail = [&](const std::string& why) SC_REQUIRES(mu_) {
     reason_ = why;
@@ -217,27 +216,29 @@ void CrossProcess::Attach(const char* db_path, bool writable) {
                 db_path, why.c_str());
   };
   if (!writable) {
-    reason_ = "opened read-only";  // never takes the turn: nothing to coordinate, no log
+    // Never takes the turn: nothing to coordinate, no log; a writable open tries again.
+    if (reason_.empty()) reason_ = "opened read-only";
     return;
   }
+  tried_ = true;
+  reason_.clear();
   const char* env = std::getenv("SAFECONC_SIDECAR");
   if (env != nullptr && std::strcmp(env, "0") == 0) return fail("SAFECONC_SIDECAR=0");
   struct stat db;
   if (stat(db_path, &db) != 0) return fail(Errno("cannot stat", db_path));
   if (NetworkFileSystem(db_path)) return fail("a network file system");
-  const mode_t mode = ((db.st_mode & 0666) | 0600) & ~mode_t{0002};
+  // Only the database's owner uses the sidecar: a robust mutex in memory that another user
+  // can write could be turned against the process (glibc follows pointers stored in it), and
+  // a reader of another user could hold its locks. Others are polled, as before.
+  if (db.st_uid != geteuid()) {
+    return fail("the database is owned by uid " + std::to_string(db.st_uid) +
+                ", this process runs as uid " + std::to_string(geteuid()));
+  }
+  const mode_t mode = 0600;
   for (int attempt = 0; attempt < 3; ++attempt) {
     int fd = open(sidecar_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd >= 0) {
-      // Ours: the database's mode exactly (not reduced by the umask) and, as root, its owner.
-      (void)fchmod(fd, mode);
-      if (geteuid() == 0 && (db.st_uid != 0 || db.st_gid != 0)) {
-        if (fchown(fd, db.st_uid, db.st_gid) != 0) {
-          close(fd);
-          unlink(sidecar_.c_str());
-          return fail(Errno("cannot give the database's owner", sidecar_));
-        }
-      }
+      (void)fchmod(fd, mode);  // whatever the umask
     } else if (errno == EEXIST) {
       fd = open(sidecar_.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0 && errno == ENOENT) continue;  // removed meanwhile
@@ -253,13 +254,22 @@ void CrossProcess::Attach(const char* db_path, bool writable) {
       return fail(sidecar_ + " is owned by uid " + std::to_string(st.st_uid) +
                   ", the database by uid " + std::to_string(db.st_uid));
     }
-    if (st.st_mode & 0002) {
+    if (st.st_mode & 0077) {
       close(fd);
-      return fail(sidecar_ + " is world-writable");
+      return fail(sidecar_ + " is open to other users (mode " +
+                  std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+                  std::to_string(st.st_mode & 7) + ")");
     }
-    if (!OfdLock(fd, 0, F_WRLCK, /*wait=*/true)) {
+    // The init lock, waited for a bounded time: a process stopped while holding it must not
+    // hang this open. Not had: no sidecar for now, the next open tries again.
+    bool locked = false;
+    for (int i = 0; i < 50 && !(locked = OfdLock(fd, 0, F_WRLCK, /*wait=*/false)); ++i) {
+      usleep(1000);
+    }
+    if (!locked) {
       close(fd);
-      return fail(Errno("cannot lock", sidecar_));
+      tried_ = false;
+      return fail(sidecar_ + " is busy (another process is setting it up or stopped doing so)");
     }
     struct stat now;
     if (lstat(sidecar_.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
@@ -299,6 +309,7 @@ void CrossProcess::Attach(const char* db_path, bool writable) {
       return fail(bad[0] == ' ' ? sidecar_ + bad : bad);
     }
     fd_ = fd;
+    attached_pid_ = getpid();
     shared_.store(s, std::memory_order_release);
     return;
   }
@@ -311,8 +322,9 @@ CrossProcess::~CrossProcess() {
   if (s == nullptr) return;
   shared_.store(nullptr, std::memory_order_release);
   munmap(s, sizeof(XShared));
-  // The last user removes it (no waits: if anyone is busy with it, it stays).
-  if (OfdLock(fd_, 0, F_WRLCK, false)) {
+  // The last user removes it (no waits: if anyone is busy with it, it stays). A forked child
+  // shares its parent's open file description, and so its locks: it leaves the file alone.
+  if (attached_pid_ == getpid() && OfdLock(fd_, 0, F_WRLCK, false)) {
     struct stat a, b;
     if (OfdLock(fd_, 1, F_WRLCK, false) && fstat(fd_, &a) == 0 &&
         lstat(sidecar_.c_str(), &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) {

@@ -66,8 +66,11 @@ void BumpSeq(XShared* s) {
   if (s->seq_waiters.load(std::memory_order_seq_cst) > 0) FutexWake(&s->seq, INT_MAX);
 }
 
+// A waiter a release can wake: parked in the line, and awake recently (a stopped or killed
+// process is not). Only live waiters are reserved for and hold newcomers back; a waiter that
+// is elsewhere (between two steps of its binding's busy handler) keeps its place.
 bool Live(const Slot& u, int64_t now) {
-  return u.state == kWaiting && now - u.seen_ns < Ns(timing::kXprocStale);
+  return u.state == kWaiting && u.parked != 0 && now - u.seen_ns < Ns(timing::kXprocStale);
 }
 
 // The first live waiter in arrival order that arrived before `before` (all if UINT64_MAX),
@@ -104,6 +107,7 @@ void RepairLocked(XShared* s) SC_REQUIRES(s->mu) {
   for (int i = 0; i < kSlots; ++i) {
     Slot& u = s->slots[i];
     if (u.state == kWaiting && ProcessAlive(u.pid, u.pstart)) {
+      u.parked = u.parked != 0;
       ++waiting;
     } else {
       if (u.state == kWaiting) ++s->dead_waiters;
@@ -210,6 +214,19 @@ int64_t GrantLocked(XShared* s, int slot, bool upgrade, uint64_t ticket, uint64_
   return r2g;
 }
 
+// Frees the slots of dead processes among those not awake for kXprocStale (a liveness check
+// each, so only the stale ones are looked at), so that they stop counting as waiting.
+void SweepLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) {
+  for (int i = 0; i < kSlots; ++i) {
+    Slot& u = s->slots[i];
+    if (u.state == kWaiting && now - u.seen_ns >= Ns(timing::kXprocStale) &&
+        !ProcessAlive(u.pid, u.pstart)) {
+      ++s->dead_waiters;
+      FreeSlotLocked(s, i);
+    }
+  }
+}
+
 // A free slot for a new waiter (taking back the slot of a dead process if none is free).
 int AllocLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) {
   for (int i = 0; i < kSlots; ++i) {
@@ -237,6 +254,7 @@ void EnterLocked(XShared* s, int i, uint64_t ticket, uint64_t tid, int64_t fair,
   u.arrived_ns = now;
   u.seen_ns = now;
   u.fair_ns = fair;
+  u.parked = 0;
   u.state = kWaiting;
   s->waiting_hint.fetch_add(1, std::memory_order_relaxed);
 }
@@ -258,27 +276,30 @@ int LeaveLocked(XShared* s, int slot, int64_t now) SC_REQUIRES(s->mu) {
 
 }  // namespace
 
-bool CrossProcess::LockShared(XShared* s) {
+bool CrossProcess::LockShared(XShared* s, bool wait) {
   bool died = false;
   const int64_t now = NowNs();
-  if (now < skip_until_ns_.load(std::memory_order_relaxed) ||
-      !s->mu.Lock(timing::kXprocMutexWait, &died)) {
+  const bool skip = now < skip_until_ns_.load(std::memory_order_relaxed);
+  const std::chrono::nanoseconds limit =
+      wait ? std::chrono::nanoseconds(timing::kXprocMutexWait) : std::chrono::nanoseconds(0);
+  if (skip || !s->mu.Lock(limit, &died)) {
     // Held by a stopped process (or not at all usable): requests go on without the sidecar
     // for a while instead of each waiting kXprocMutexWait.
-    if (now >= skip_until_ns_.load(std::memory_order_relaxed)) {
+    if (!skip && wait) {
       skip_until_ns_.store(NowNs() + Ns(timing::kXprocSkip), std::memory_order_relaxed);
     }
     MutexLock l(&mu_);
     ++unavailable_;
     return false;
   }
-  if (died) {
-    RepairLocked(s);
-    s->mu.MarkConsistent();
-  }
-  // A release that could not be made when it was due (the mutex was not available).
-  if (const uint64_t owed = owed_release_.exchange(0, std::memory_order_relaxed)) {
-    if (s->holder_pid == MyPid() && s->holder_ticket == owed) {
+  // Every index is checked before use: a process killed inside an update (EOWNERDEAD), or
+  // another program writing the file, may have left anything.
+  if (died || s->reserved < -1 || s->reserved >= kSlots || s->holder_pid < 0) RepairLocked(s);
+  if (died) s->mu.MarkConsistent();
+  // A release its process could not make when it was due (the mutex was not available).
+  if (const uint64_t owed = s->owed_release.exchange(0, std::memory_order_acq_rel)) {
+    if (s->holder_pid == static_cast<int32_t>(owed >> 32) &&
+        static_cast<uint32_t>(s->holder_ticket) == static_cast<uint32_t>(owed)) {
       WakeSlot(s, ReleaseLocked(s, NowNs()));
       BumpSeq(s);
     }
@@ -417,6 +438,7 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       return Grant::kTimeout;
     }
     const uint32_t seen = s->wake[slot].load(std::memory_order_acquire);
+    u.parked = 1;
     s->mu.Unlock();
     WakeSlot(s, wake);
     FutexWait(&s->wake[slot], seen, std::min(until_ns - NowNs(), Ns(timing::kXprocRecheck)));
@@ -425,6 +447,8 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       return Grant::kUnavailable;
     }
     now = NowNs();
+    if (MineLocked(s, slot, me, ticket)) s->slots[slot].parked = 0;
+    SweepLocked(s, now);
     if (!MineLocked(s, slot, me, ticket)) {
       // Taken back while this thread did not run for kXprocStale (a stopped process): again,
       // at the back of the line.
@@ -447,9 +471,11 @@ void CrossProcess::Release(uint64_t ticket) {
   // Cheap look first: most releases of a handle that never took the shared turn.
   if (s->holder_hint.load(std::memory_order_relaxed) != me) return;
   if (!LockShared(s)) {
-    // The mutex is held by a stopped process: the release is made by the next request that
-    // gets it (LockShared), so the turn does not stay with this process.
-    owed_release_.store(ticket, std::memory_order_relaxed);
+    // The mutex is held by a stopped process: the release is left in the sidecar for the next
+    // process that gets the mutex (LockShared), so the turn does not stay with this one.
+    s->owed_release.store(
+        (static_cast<uint64_t>(static_cast<uint32_t>(me)) << 32) | static_cast<uint32_t>(ticket),
+        std::memory_order_release);
     return;
   }
   int wake = -1;
@@ -494,7 +520,7 @@ void CrossProcess::NotifyChange() {
 
 bool CrossProcess::OtherHolder(int32_t* pid, uint64_t* tid, int64_t* held_ms) {
   XShared* s = Shared();
-  if (s == nullptr || !LockShared(s)) return false;
+  if (s == nullptr || !LockShared(s, /*wait=*/false)) return false;
   const bool other = s->holder_pid != 0 && s->holder_pid != MyPid();
   if (other) {
     *pid = s->holder_pid;

@@ -55,7 +55,7 @@ namespace safeconc {
 namespace xproc {
 
 constexpr uint64_t kMagic = 0x31636e6f63656661ULL;  // "afeconc1" little-endian, + version
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 constexpr int kSlots = 64;  // waiting handles across all processes; more wait by polling
 
 enum SlotState : uint32_t { kFree = 0, kWaiting = 1 };
@@ -71,6 +71,7 @@ struct Slot {
   int64_t arrived_ns;  // CLOCK_MONOTONIC (the same clock in every process of the machine)
   int64_t seen_ns;     // last time its waiter was awake in the line: stale when old
   int64_t fair_ns;     // its safeconc_fair_ms
+  uint32_t parked;     // its waiter sleeps in the line now (a release can wake it): "live"
 };
 
 // The robust, process-shared mutex of the sidecar, as an annotated capability.
@@ -130,6 +131,9 @@ struct XShared {
   std::atomic<uint32_t> seq_waiters;   // processes waiting on seq
   std::atomic<int32_t> holder_hint;    // holder_pid, for Contended() without the mutex
   std::atomic<uint32_t> waiting_hint;  // slots waiting
+  // A release its process could not make (the mutex was not available): (pid << 32) | low 32
+  // bits of the ticket. Whoever takes the mutex next makes it if that handle still holds.
+  std::atomic<uint64_t> owed_release;
 };
 
 // CLOCK_MONOTONIC now, in ns.
@@ -197,7 +201,9 @@ class CrossProcess {
 
  private:
   xproc::XShared* Shared() const { return shared_.load(std::memory_order_acquire); }
-  bool LockShared(xproc::XShared* s) SC_TRY_ACQUIRE(true, s->mu);
+  // Takes the sidecar's mutex, waiting at most kXprocMutexWait (`wait` false: not at all, for
+  // diagnostics), repairs what a dead or corrupt writer left, makes an owed release.
+  bool LockShared(xproc::XShared* s, bool wait = true) SC_TRY_ACQUIRE(true, s->mu);
   void Count(bool waited, bool timeout, int64_t wait_ns, int64_t r2g_ns) SC_EXCLUDES(mu_);
   // The slot `ticket` kept in line (forgotten here), or -1.
   int TakeKept(uint64_t ticket) SC_EXCLUDES(mu_);
@@ -206,10 +212,9 @@ class CrossProcess {
   std::atomic<xproc::XShared*> shared_{nullptr};  // set once by Attach, then constant
   // Until then (ns), requests do not wait for the sidecar's mutex: it was not available.
   std::atomic<int64_t> skip_until_ns_{0};
-  // A release due while the mutex was not available: made by the next LockShared.
-  std::atomic<uint64_t> owed_release_{0};
   Mutex mu_;
-  bool tried_ SC_GUARDED_BY(mu_) = false;
+  bool tried_ SC_GUARDED_BY(mu_) = false;        // a writable open tried to attach
+  int32_t attached_pid_ SC_GUARDED_BY(mu_) = 0;  // a forked child must not remove the file
   int fd_ SC_GUARDED_BY(mu_) = -1;
   std::string sidecar_ SC_GUARDED_BY(mu_);  // its path
   std::string reason_ SC_GUARDED_BY(mu_);   // why not attached (or why it stopped)

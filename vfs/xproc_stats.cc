@@ -86,7 +86,7 @@ void CrossProcess::WriteJson(JsonWriter& w) {
   XShared* s = Shared();
   Snapshot snap;
   bool have = false;
-  if (s != nullptr && LockShared(s)) {
+  if (s != nullptr && LockShared(s, /*wait=*/false)) {
     Copy(s, &snap);
     s->mu.Unlock();
     have = true;
