@@ -25,9 +25,9 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using safeconc::xproc::XShared;
 using sctest::Db;
 using sctest::TempDir;
-using safeconc::xproc::XShared;
 
 int64_t Ms(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -52,8 +52,8 @@ int64_t WriteInOtherProcess(const std::string& path, int timeout_ms) {
     sqlite3_busy_timeout(db, timeout_ms);
     const auto t0 = Clock::now();
     const int rc = sqlite3_exec(db, "INSERT INTO t(v) VALUES (1)", nullptr, nullptr, nullptr);
-    const std::string r = rc == SQLITE_OK ? std::to_string(Ms(Clock::now() - t0))
-                                          : std::to_string(-rc);
+    const std::string r =
+        rc == SQLITE_OK ? std::to_string(Ms(Clock::now() - t0)) : std::to_string(-rc);
     sqlite3_close(db);
     return write(out, r.data(), r.size()) == static_cast<ssize_t>(r.size()) ? 0 : 3;
   });

@@ -95,7 +95,7 @@ bool TxnWantsTurn(ShimFile* p) {
 void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
 
 void DropReason(ShimFile* p, unsigned reason) {
-  if (reason & kReasonTxn) p->pre_read_turn = false;
+  if (reason & kReasonTxn) p->pre_read_turn = p->xproc_pre_read = false;
   if ((p->turn_reasons & reason) == 0) return;
   p->turn_reasons &= ~reason;
   if (p->turn_reasons == 0) ReleaseTurns(p);
@@ -527,7 +527,11 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
     if (rc == SQLITE_OK) {
       // A pre-read turn revoked meanwhile (the read start outlived kPreReadLease): the read
       // goes on without it, like one whose turn could not be had.
-      if (++p->read_marks == 1 && p->turn_reasons != 0 && !Coord(p).ReadStarted(p->ticket.get())) {
+      // The same for the shared turn, revocable by other processes.
+      const bool shared_kept = !p->xproc_pre_read || Xp(p).ReadStarted(p->handle_id);
+      p->xproc_pre_read = false;
+      if (++p->read_marks == 1 && p->turn_reasons != 0 &&
+          (!Coord(p).ReadStarted(p->ticket.get()) || !shared_kept)) {
         DropReason(p, kReasonTxn);
       }
       p->pre_read_turn = false;
@@ -565,6 +569,7 @@ void LockPathShmBarrier(ShimFile* p) {
   // barrier on every retry of its read loop).
   if (p->read_marks == 0 && p->turn_reasons == 0 && !p->ckpt_held && TxnWantsTurn(p)) {
     p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
+    p->xproc_pre_read = p->pre_read_turn && Xp(p).MarkPreRead(p->handle_id);
   }
 }
 

@@ -58,6 +58,7 @@ struct ShimFile {
   int read_marks = 0;            // WAL read-mark (READ_i shared) locks held
   unsigned turn_reasons = 0;     // TurnReason bits; non-zero iff this handle holds the turn
   bool pre_read_turn = false;    // the turn was taken before a WAL read start (xShmBarrier)
+  bool xproc_pre_read = false;   // ... and so was the shared one (vfs/xproc.h MarkPreRead)
   // A turn wait of this lock period gave up (timeout, or the binding's handler gave up) and
   // the read went on without the turn: no second wait until the period ends, and its write
   // fails at once rather than wait a second timeout.

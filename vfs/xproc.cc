@@ -160,6 +160,10 @@ int CheckHolderLocked(XShared* s, int64_t now, int32_t me) SC_REQUIRES(s->mu) {
     return -1;
   }
   s->holder_checked_ns = now;
+  if (s->holder_pre_read != 0 && now - s->holder_since_ns >= Ns(timing::kPreReadLease)) {
+    ++s->revoked;  // its read start never came back (an I/O error, say)
+    return ReleaseLocked(s, now);
+  }
   if (ProcessAlive(s->holder_pid, s->holder_pstart)) return -1;
   ++s->dead_holders;
   return ReleaseLocked(s, now);
@@ -210,6 +214,7 @@ int64_t GrantLocked(XShared* s, int slot, bool upgrade, uint64_t ticket, uint64_
   s->holder_ticket = ticket;
   s->holder_since_ns = now;
   s->holder_checked_ns = now;
+  s->holder_pre_read = 0;
   s->holder_hint.store(me, std::memory_order_relaxed);
   return r2g;
 }
@@ -483,6 +488,28 @@ void CrossProcess::Release(uint64_t ticket) {
   s->mu.Unlock();
   WakeSlot(s, wake);
   BumpSeq(s);
+}
+
+bool CrossProcess::MarkPreRead(uint64_t ticket) {
+  XShared* s = Shared();
+  if (s == nullptr || !LockShared(s)) return false;
+  const bool mine = s->holder_pid == MyPid() && s->holder_ticket == ticket;
+  if (mine) {
+    s->holder_pre_read = 1;
+    s->holder_since_ns = NowNs();
+  }
+  s->mu.Unlock();
+  return mine;
+}
+
+bool CrossProcess::ReadStarted(uint64_t ticket) {
+  XShared* s = Shared();
+  if (s == nullptr) return true;
+  if (!LockShared(s)) return true;  // not revocable meanwhile either: nobody got the mutex
+  const bool mine = s->holder_pid == MyPid() && s->holder_ticket == ticket;
+  if (mine) s->holder_pre_read = 0;
+  s->mu.Unlock();
+  return mine;
 }
 
 bool CrossProcess::Contended() const {

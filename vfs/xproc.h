@@ -107,7 +107,10 @@ struct XShared {
   uint64_t holder_ticket SC_GUARDED_BY(mu);
   int64_t holder_since_ns SC_GUARDED_BY(mu);
   int64_t holder_checked_ns SC_GUARDED_BY(mu);  // last liveness check of the holder
-  int32_t reserved SC_GUARDED_BY(mu);           // slot the turn is handed to, or -1
+  // Taken before a WAL read start (a pre-read turn): revoked by another process's waiter
+  // after kPreReadLease if that read start never came back (as the in-process line does).
+  uint32_t holder_pre_read SC_GUARDED_BY(mu);
+  int32_t reserved SC_GUARDED_BY(mu);  // slot the turn is handed to, or -1
   int64_t reserved_until_ns SC_GUARDED_BY(mu);
   int64_t released_at_ns SC_GUARDED_BY(mu);
   uint64_t next_order SC_GUARDED_BY(mu);
@@ -124,6 +127,7 @@ struct XShared {
   uint64_t dead_waiters SC_GUARDED_BY(mu);  // slots taken back from dead processes
   uint64_t repairs SC_GUARDED_BY(mu);       // EOWNERDEAD recoveries, corrupt fields fixed
   uint64_t max_overtaken_wait_us SC_GUARDED_BY(mu);
+  uint64_t revoked SC_GUARDED_BY(mu);  // pre-read turns taken back (see holder_pre_read)
 
   // Read and written without mu: futex words and hints.
   std::atomic<uint32_t> wake[kSlots];  // bumped to wake a slot's waiter (FUTEX_WAKE)
@@ -180,6 +184,11 @@ class CrossProcess {
   void Cancel(uint64_t ticket) SC_EXCLUDES(mu_);
   // Gives the turn back if `ticket` holds it (and its place in line, if it kept one).
   void Release(uint64_t ticket);
+  // The turn `ticket` holds was taken before a WAL read start: others may revoke it after
+  // kPreReadLease unless ReadStarted() comes first. False if `ticket` does not hold it.
+  bool MarkPreRead(uint64_t ticket);
+  // The read start came: the turn is an ordinary one again. False if it was revoked.
+  bool ReadStarted(uint64_t ticket);
   // Another process holds the turn or waits for it (a relaxed look, no mutex).
   bool Contended() const;
 

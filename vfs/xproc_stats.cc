@@ -25,7 +25,7 @@ struct Snapshot {
   uint64_t holder_tid = 0, holder_ticket = 0;
   int64_t holder_since_ns = 0;
   std::vector<Slot> waiters;  // in arrival order
-  uint64_t counters[10] = {};
+  uint64_t counters[11] = {};
 };
 
 void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
@@ -38,10 +38,11 @@ void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
   }
   std::sort(out->waiters.begin(), out->waiters.end(),
             [](const Slot& a, const Slot& b) { return a.order < b.order; });
-  const uint64_t c[10] = {
+  const uint64_t c[11] = {
       s->acquisitions, s->waits,        s->handoffs,     s->barges,  s->claim_lapsed,
-      s->timeouts,     s->dead_holders, s->dead_waiters, s->repairs, s->max_overtaken_wait_us};
-  std::copy(c, c + 10, out->counters);
+      s->timeouts,     s->dead_holders, s->dead_waiters, s->repairs, s->max_overtaken_wait_us,
+      s->revoked};
+  std::copy(c, c + 11, out->counters);
 }
 
 void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
@@ -72,11 +73,12 @@ void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
         .EndObject();
   }
   w.EndArray();
-  static const char* const kNames[10] = {
+  static const char* const kNames[11] = {
       "acquisitions", "waits",        "handoffs",     "barges",  "claim_lapsed",
-      "timeouts",     "dead_holders", "dead_waiters", "repairs", "max_overtaken_wait_us"};
+      "timeouts",     "dead_holders", "dead_waiters", "repairs", "max_overtaken_wait_us",
+      "revoked"};
   w.Key("all_processes").BeginObject();
-  for (int i = 0; i < 10; ++i) w.Field(kNames[i], static_cast<int64_t>(snap.counters[i]));
+  for (int i = 0; i < 11; ++i) w.Field(kNames[i], static_cast<int64_t>(snap.counters[i]));
   w.EndObject();
 }
 
