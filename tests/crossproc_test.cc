@@ -93,6 +93,23 @@ int RunThread(const std::string& path, const Cfg& cfg, int proc, int thread) {
   return failures;
 }
 
+// One process of a workload (in a forked child): cfg.threads threads; reports how many of
+// their transactions failed through `out`.
+int RunProcess(const std::string& path, const Cfg& cfg, int proc, int out) {
+  std::vector<std::thread> ths;
+  std::vector<int> failed(cfg.threads, 0);
+  for (int t = 0; t < cfg.threads; ++t) {
+    ths.emplace_back([&, t] { failed[t] = RunThread(path, cfg, proc, t); });
+  }
+  int total = 0;
+  for (int t = 0; t < cfg.threads; ++t) {
+    ths[t].join();
+    total += failed[t];
+  }
+  const std::string r = std::to_string(total);
+  return write(out, r.data(), r.size()) == static_cast<ssize_t>(r.size()) ? 0 : 8;
+}
+
 void CreateDb(const std::string& path, bool wal) {
   Db d(path, "unix");
   d.Must(std::string("PRAGMA journal_mode=") + (wal ? "wal" : "delete"));
@@ -116,19 +133,7 @@ void RunWorkload(const Cfg& cfg) {
       close(start[1]);
       char go;
       if (read(start[0], &go, 1) != 1) return 9;
-      std::vector<std::thread> ths;
-      std::vector<int> failed(cfg.threads, 0);
-      for (int t = 0; t < cfg.threads; ++t) {
-        ths.emplace_back([&, t] { failed[t] = RunThread(path, cfg, p, t); });
-      }
-      int total = 0;
-      for (int t = 0; t < cfg.threads; ++t) {
-        ths[t].join();
-        total += failed[t];
-      }
-      const std::string report = std::to_string(total);
-      return write(out, report.data(), report.size()) == static_cast<ssize_t>(report.size()) ? 0
-                                                                                             : 8;
+      return RunProcess(path, cfg, p, out);
     }));
   }
   close(start[0]);
@@ -219,20 +224,7 @@ TEST(CrossProcessCompat, PlainSqliteShellBeside) {
     const Cfg cfg{2, 4, 50, wal, Mode::kImmediate, 5};
     std::vector<xptest::Child> kids;
     for (int p = 0; p < 2; ++p) {
-      kids.push_back(ForkChild([&, p](int out) {
-        std::vector<std::thread> ths;
-        std::vector<int> failed(cfg.threads, 0);
-        for (int t = 0; t < cfg.threads; ++t) {
-          ths.emplace_back([&, t] { failed[t] = RunThread(path, cfg, p, t); });
-        }
-        int total = 0;
-        for (int t = 0; t < cfg.threads; ++t) {
-          ths[t].join();
-          total += failed[t];
-        }
-        const std::string r = std::to_string(total);
-        return write(out, r.data(), r.size()) == static_cast<ssize_t>(r.size()) ? 0 : 8;
-      }));
+      kids.push_back(ForkChild([&, p](int out) { return RunProcess(path, cfg, p, out); }));
     }
     const std::string cmd = "sqlite3 -bail " + path + " < " + dir.File("plain.sql");
     const int shell = std::system(cmd.c_str());
