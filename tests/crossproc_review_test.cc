@@ -84,6 +84,21 @@ TEST_P(OwedRelease, IsMadeByTheNextProcess) {
   ASSERT_EQ(pipe(to_h), 0);
   ASSERT_EQ(pipe(from_h), 0);
   char c;
+  // A second process attached and idle: with only one process attached, none takes the
+  // shared turn at all.
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  xptest::Child idle = xptest::ForkChild([&](int) {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
+                        nullptr) != SQLITE_OK ||
+        sqlite3_exec(db, "SELECT count(*) FROM t", nullptr, nullptr, nullptr) != SQLITE_OK ||
+        write(ready[1], "r", 1) != 1) {
+      return 2;
+    }
+    for (;;) pause();
+  });
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
   xptest::Child a = xptest::ForkChild([&](int) {
     sqlite3* db = nullptr;
     if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
@@ -118,6 +133,8 @@ TEST_P(OwedRelease, IsMadeByTheNextProcess) {
   const int64_t ms = WriteInOtherProcess(path, 5000);
   kill(a.pid, SIGKILL);
   a.Wait();
+  kill(idle.pid, SIGKILL);
+  idle.Wait();
   EXPECT_GE(ms, 0) << "the write failed";
   EXPECT_LT(ms, 2500) << "the other process waited for an idle process's turn";
 }

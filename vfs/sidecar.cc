@@ -310,6 +310,7 @@ void CrossProcess::Attach(const char* db_path, bool writable) {
     }
     fd_ = fd;
     attached_pid_ = getpid();
+    s->attached.fetch_add(1, std::memory_order_relaxed);
     shared_.store(s, std::memory_order_release);
     return;
   }
@@ -321,6 +322,7 @@ CrossProcess::~CrossProcess() {
   XShared* s = Shared();
   if (s == nullptr) return;
   shared_.store(nullptr, std::memory_order_release);
+  if (attached_pid_ == getpid()) s->attached.fetch_sub(1, std::memory_order_relaxed);
   munmap(s, sizeof(XShared));
   // The last user removes it (no waits: if anyone is busy with it, it stays). A forked child
   // shares its parent's open file description, and so its locks: it leaves the file alone.

@@ -27,6 +27,10 @@ namespace {
 
 constexpr int64_t Ns(std::chrono::nanoseconds d) { return d.count(); }
 
+// No other process is attached: nothing to coordinate across processes (a relaxed look; a
+// process that attaches meanwhile meets this one at the base lock, which stays the truth).
+bool Alone(const XShared* s) { return s->attached.load(std::memory_order_relaxed) <= 1; }
+
 // getpid(), kept across calls and refreshed in a forked child.
 std::atomic<int32_t> g_pid{0};
 int32_t MyPid() {
@@ -343,7 +347,9 @@ CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid,
                                           std::chrono::nanoseconds fair, bool upgrade) {
   (void)fair;
   XShared* s = Shared();
-  if (s == nullptr) return Grant::kUnavailable;
+  if (s == nullptr || (Alone(s) && kept_count_.load(std::memory_order_relaxed) == 0)) {
+    return Grant::kUnavailable;
+  }
   const int32_t me = MyPid();
   int slot = TakeKept(ticket);
   if (!LockShared(s)) {
@@ -388,7 +394,9 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
                                        std::chrono::steady_clock::time_point since,
                                        std::chrono::steady_clock::time_point until) {
   XShared* s = Shared();
-  if (s == nullptr) return Grant::kUnavailable;
+  if (s == nullptr || (Alone(s) && kept_count_.load(std::memory_order_relaxed) == 0)) {
+    return Grant::kUnavailable;
+  }
   const int32_t me = MyPid();
   const auto steady_now = std::chrono::steady_clock::now();
   const int64_t base = NowNs();

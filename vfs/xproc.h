@@ -138,6 +138,10 @@ struct XShared {
   // A release its process could not make (the mutex was not available): (pid << 32) | low 32
   // bits of the ticket. Whoever takes the mutex next makes it if that handle still holds.
   std::atomic<uint64_t> owed_release;
+  // Processes attached (a clean detach counts down; a killed one is counted until the sidecar
+  // is rebuilt). While this process is the only one, the shared turn is not taken at all: one
+  // process is coordinated by its own line, at no cost on its lock path.
+  std::atomic<uint32_t> attached;
 };
 
 // CLOCK_MONOTONIC now, in ns.
