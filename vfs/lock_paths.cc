@@ -61,7 +61,7 @@ bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until,
                 Clock::time_point since = Clock::now()) {
   const CrossProcess::Grant g = until != nullptr
                                     ? Xp(p).Take(p->handle_id, tid, Fair(p), since, *until)
-                                    : Xp(p).TryTake(p->handle_id, tid, Fair(p), /*upgrade=*/false);
+                                    : Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/false);
   return g == CrossProcess::Grant::kGranted || g == CrossProcess::Grant::kUnavailable;
 }
 
@@ -193,7 +193,7 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
 // grants a free write lock; held by another process, the base lock decides (as without the
 // sidecar): the sidecar must not fail what stock SQLite would serve.
 void UpgradeShared(ShimFile* p, uint64_t tid) {
-  Xp(p).TryTake(p->handle_id, tid, Fair(p), /*upgrade=*/true);
+  Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/true);
 }
 
 // Asks for the write turn where waiting is unsafe (the connection holds a read lock).

@@ -175,7 +175,7 @@ class CrossProcess {
   // Takes the shared turn for handle `ticket` if a newcomer may (or, `upgrade`, if it is
   // free at all, as stock SQLite grants a free write lock). A turn held by this process (a
   // handle revoked by the in-process coordinator) passes to `ticket`.
-  Grant TryTake(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair, bool upgrade);
+  Grant TryTake(uint64_t ticket, uint64_t tid, bool upgrade);
   // Waits in the shared line until granted or `until` (steady_clock). On kTimeout the
   // handle keeps its place (a binding's busy handler waits in steps): the next Take or
   // TryTake of `ticket` goes on from it; Cancel() gives it up.

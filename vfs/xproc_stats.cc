@@ -19,13 +19,16 @@ using namespace xproc;  // NOLINT: this file reads that namespace's layout
 
 namespace {
 
+// The shared counters an operator sees, in the order of kNames in WriteSnapshot.
+constexpr int kCounters = 11;
+
 // A copy of what an operator asks about, taken under the mutex or (Describe) without it.
 struct Snapshot {
   int32_t holder_pid = 0;
   uint64_t holder_tid = 0, holder_ticket = 0;
   int64_t holder_since_ns = 0;
   std::vector<Slot> waiters;  // in arrival order
-  uint64_t counters[11] = {};
+  uint64_t counters[kCounters] = {};
 };
 
 void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
@@ -38,11 +41,11 @@ void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
   }
   std::sort(out->waiters.begin(), out->waiters.end(),
             [](const Slot& a, const Slot& b) { return a.order < b.order; });
-  const uint64_t c[11] = {
+  const uint64_t c[kCounters] = {
       s->acquisitions, s->waits,        s->handoffs,     s->barges,  s->claim_lapsed,
       s->timeouts,     s->dead_holders, s->dead_waiters, s->repairs, s->max_overtaken_wait_us,
       s->revoked};
-  std::copy(c, c + 11, out->counters);
+  std::copy(c, c + kCounters, out->counters);
 }
 
 void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
@@ -73,12 +76,12 @@ void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
         .EndObject();
   }
   w.EndArray();
-  static const char* const kNames[11] = {
+  static const char* const kNames[kCounters] = {
       "acquisitions", "waits",        "handoffs",     "barges",  "claim_lapsed",
       "timeouts",     "dead_holders", "dead_waiters", "repairs", "max_overtaken_wait_us",
       "revoked"};
   w.Key("all_processes").BeginObject();
-  for (int i = 0; i < 11; ++i) w.Field(kNames[i], static_cast<int64_t>(snap.counters[i]));
+  for (int i = 0; i < kCounters; ++i) w.Field(kNames[i], static_cast<int64_t>(snap.counters[i]));
   w.EndObject();
 }
 
