@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 // Loads SAFECONC_SO_PATH through sqlite3_load_extension on a throwaway connection; prints
 // why and returns false if it cannot.
@@ -13,8 +14,11 @@ inline bool LoadSafeconc() {
   sqlite3_open(":memory:", &db);
   sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1, nullptr);
   char* err = nullptr;
-  const bool ok = sqlite3_load_extension(db, SAFECONC_SO_PATH, nullptr, &err) == SQLITE_OK;
-  if (!ok) std::fprintf(stderr, "cannot load %s: %s\n", SAFECONC_SO_PATH, err ? err : "?");
+  // SAFECONC_SO: another build of the library (an A/B comparison with the same benchmark).
+  const char* so = std::getenv("SAFECONC_SO");
+  if (so == nullptr || *so == '\0') so = SAFECONC_SO_PATH;
+  const bool ok = sqlite3_load_extension(db, so, nullptr, &err) == SQLITE_OK;
+  if (!ok) std::fprintf(stderr, "cannot load %s: %s\n", so, err ? err : "?");
   sqlite3_free(err);
   sqlite3_close(db);
   return ok;
