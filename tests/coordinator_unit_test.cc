@@ -353,6 +353,46 @@ TEST(CoordinatorLine, UpgradePastAReservationLeavesNoStaleReservation) {
   EXPECT_LT(waited, milliseconds(200));
 }
 
+// The holder waiting for the shared turn (vfs/xproc.h) stands in line there with the clock of
+// the longest-waiting request it holds up here: the live waiters' earliest arrival, the
+// asking ticket left out, `if_none` when nobody waits. Would catch a clock taken from the
+// newest waiter, from a waiter not parked, or from the asker itself.
+TEST(CoordinatorLine, OldestWaitSinceIsTheLongestLiveWaiter) {
+  Fixture f;
+  Ticket *holder = f.New(), *first = f.New(), *second = f.New(), *idle = f.New();
+  Take(f, holder, 1);
+  const Clock::time_point none = Clock::now() + milliseconds(1000);
+  EXPECT_EQ(f.c->OldestWaitSince(holder, none), none);
+  // Queued but not parked (between two tries of its busy handler): not counted as waiting.
+  ASSERT_EQ(f.c->TryTurn(idle, Ask::kWrite, 9, kFifo, /*queue=*/true), Grant::kQueued);
+  EXPECT_EQ(f.c->OldestWaitSince(holder, none), none);
+  f.c->Cancel(idle, Coordinator::CancelWhy::kGaveUp);
+  std::vector<std::thread> threads;
+  Clock::time_point before[2], after[2];
+  Ticket* waiters[2] = {first, second};
+  for (int i = 0; i < 2; ++i) {
+    before[i] = Clock::now();
+    threads.emplace_back([&f, t = waiters[i], i] {
+      EXPECT_EQ(f.c->AcquireTurn(t, In(milliseconds(60000)), 2 + i, kFifo), Grant::kGranted);
+      f.c->ReleaseTurn(t);
+    });
+    WaitUntil([&] { return f.c->Rest().parked == i + 1; });
+    after[i] = Clock::now();
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  const Clock::time_point oldest = f.c->OldestWaitSince(holder, none);
+  EXPECT_GE(oldest, before[0]);
+  EXPECT_LE(oldest, after[0]);
+  // Asked by `first` (it holds up `second` only), the answer is `second`'s arrival.
+  const Clock::time_point behind_first = f.c->OldestWaitSince(first, none);
+  EXPECT_GE(behind_first, before[1]);
+  EXPECT_LE(behind_first, after[1]);
+  // Never later than the asker's own start: the min with `if_none`.
+  EXPECT_EQ(f.c->OldestWaitSince(holder, before[0] - milliseconds(1)), before[0] - milliseconds(1));
+  f.c->ReleaseTurn(holder);
+  for (auto& th : threads) th.join();
+}
+
 // Percentiles come out of the right buckets (upper bounds within ~25%).
 TEST(Histogram, PercentilesAndMax) {
   Histogram h;

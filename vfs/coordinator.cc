@@ -377,6 +377,17 @@ bool Coordinator::HolderLastOnThread(Ticket* t, uint64_t tid) {
          holder_->last_tid.load(std::memory_order_relaxed) == tid;
 }
 
+Clock::time_point Coordinator::OldestWaitSince(Ticket* t, Clock::time_point if_none) {
+  MutexLock l(&mu_);
+  Clock::time_point oldest = if_none;
+  for (Place* u = line_.front(); u != nullptr; u = line_.Next(u)) {
+    if (u->ticket != t && (u->parked > 0 || u->ticket == reserved_)) {
+      oldest = std::min(oldest, u->arrived);
+    }
+  }
+  return oldest;
+}
+
 void Coordinator::NotifyRelease() {
   MutexLock l(&mu_);
   BumpGenerationLocked();

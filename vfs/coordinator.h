@@ -127,6 +127,10 @@ class Coordinator {
   void ReaderLeave(Ticket* t) SC_EXCLUDES(mu_);
   // Other readers than t, and how many of them were last used on thread tid.
   void CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* on_tid) SC_EXCLUDES(mu_);
+  // When the longest-waiting live request in line other than t began to wait, or `if_none`.
+  // The holder waiting for the shared turn (vfs/xproc.h) holds up every waiter here: its
+  // place in the shared line is as old as theirs (one fairness clock per transaction).
+  Clock::time_point OldestWaitSince(Ticket* t, Clock::time_point if_none) SC_EXCLUDES(mu_);
   // True if the turn is held by a handle other than t whose latest lock call came from
   // thread tid: waiting for it may wait for ourselves (reported; see lock_paths.cc).
   bool HolderLastOnThread(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);

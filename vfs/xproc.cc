@@ -77,21 +77,27 @@ bool Live(const Slot& u, int64_t now) {
   return u.state == kWaiting && u.parked != 0 && now - u.seen_ns < Ns(timing::kXprocStale);
 }
 
-// The first live waiter in arrival order that arrived before `before` (all if UINT64_MAX),
-// other than slot `except`; -1 if none.
-int FrontLocked(XShared* s, int64_t now, int except, uint64_t before) SC_REQUIRES(s->mu) {
+// Is slot a ahead of slot b in the line? The line is ordered by the fairness clock: the
+// start of each request's wait in its own process (arrived_ns), arrival order breaking ties.
+// So the front waiter is the longest-waiting one, as in a process's own line, and its bound
+// is what the fairness check looks at.
+bool AheadLocked(const Slot& a, const Slot& b) {
+  return a.arrived_ns != b.arrived_ns ? a.arrived_ns < b.arrived_ns : a.order < b.order;
+}
+
+// The first live waiter in line ahead of slot `of` (the whole line if -1), other than `of`;
+// -1 if none.
+int AheadOfLocked(XShared* s, int of, int64_t now) SC_REQUIRES(s->mu) {
   int best = -1;
   for (int i = 0; i < kSlots; ++i) {
     const Slot& u = s->slots[i];
-    if (i == except || !Live(u, now) || u.order >= before) continue;
-    if (best < 0 || u.order < s->slots[best].order) best = i;
+    if (i == of || !Live(u, now) || (of >= 0 && !AheadLocked(u, s->slots[of]))) continue;
+    if (best < 0 || AheadLocked(u, s->slots[best])) best = i;
   }
   return best;
 }
 
-int AheadOfLocked(XShared* s, int slot, int64_t now) SC_REQUIRES(s->mu) {
-  return FrontLocked(s, now, slot, slot >= 0 ? s->slots[slot].order : UINT64_MAX);
-}
+int FrontLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) { return AheadOfLocked(s, -1, now); }
 
 void FreeSlotLocked(XShared* s, int i) SC_REQUIRES(s->mu) {
   if (s->slots[i].state == kFree) return;
@@ -139,7 +145,7 @@ int OnFreeLocked(XShared* s, int64_t now) SC_REQUIRES(s->mu) {
     s->reserved = -1;
   }
   if (s->reserved >= 0) return s->reserved;
-  const int f = FrontLocked(s, now, -1, UINT64_MAX);
+  const int f = FrontLocked(s, now);
   if (f >= 0 && now - s->slots[f].arrived_ns >= s->slots[f].fair_ns) {
     s->reserved = f;
     s->reserved_until_ns = now + Ns(timing::kClaimLease);
@@ -426,9 +432,9 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       return Grant::kUnavailable;
     }
     EnterLocked(s, slot, ticket, tid, Ns(fair), now, me);
-    // Its bound counts from the start of its wait in its own process's line (at most one
-    // bound back: the line stays FIFO by arrival order either way).
-    s->slots[slot].arrived_ns = std::min(now, std::max(since_ns, now - Ns(fair)));
+    // Its clock (and its place: the line is ordered by it) is that of the longest-waiting
+    // request it holds up in its own process: one clock per transaction (xproc.h).
+    s->slots[slot].arrived_ns = std::min(now, since_ns);
   }
   for (;;) {
     Slot& u = s->slots[slot];
