@@ -189,7 +189,9 @@ int Worker(Peer peer, const std::string& path, int threads, int ready_fd, int go
   // BENCH_URI: extra URI parameters for the libsafeconc peers (safeconc_fair_ms=0, say).
   const char* extra = std::getenv("BENCH_URI");
   const std::string uri = "file:" + path +
-                          (!safeconc ? "?vfs=unix" : extra != nullptr ? std::string("?") + extra : "");
+                          (!safeconc          ? "?vfs=unix"
+                           : extra != nullptr ? std::string("?") + extra
+                                              : "");
   std::vector<sqlite3*> dbs(threads, nullptr);
   for (sqlite3*& db : dbs) {
     if (sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr) !=
@@ -388,9 +390,9 @@ struct Verdict {
 const char* Mark(bool ok) { return ok ? "ok" : "MISSED"; }
 
 void PrintHeader() {
-  std::printf("  %5s %3s %-10s %8s %7s %7s %8s %8s %-16s %6s %5s %13s  %s\n", "procs", "thr", "peer",
-              "tx/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "max per round", "failed", "cpu",
-              "r2g p50/p99", "xwaits");
+  std::printf("  %5s %3s %-10s %8s %7s %7s %8s %8s %-16s %6s %5s %13s  %s\n", "procs", "thr",
+              "peer", "tx/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "max per round", "failed",
+              "cpu", "r2g p50/p99", "xwaits");
 }
 
 // BENCH_PEERS: a comma-separated subset of stock,sidecar,polling,1process (all by default).
@@ -446,7 +448,9 @@ Result Aggregate(std::vector<Result>& rounds, std::string* maxima) {
   std::vector<float>& all = a.lat;
   std::sort(all.begin(), all.end());
   if (!all.empty()) {
-    const auto at = [&](size_t per, size_t of) { return all[std::min(all.size() - 1, all.size() * per / of)]; };
+    const auto at = [&](size_t per, size_t of) {
+      return all[std::min(all.size() - 1, all.size() * per / of)];
+    };
     a.p50_ms = at(1, 2);
     a.p99_ms = at(99, 100);
     a.p999_ms = at(999, 1000);
@@ -572,8 +576,8 @@ int main(int argc, char** argv) {
     met[3] += v.failures == 0;
     met[4] += v.r2g_p50 >= 0 && v.r2g_p50 < 100;
     std::printf("  %-14s %13.2fx %13.2fx %13.2fx %13.2fx %14.3f %7ld %12ld\n", v.cell.c_str(),
-                v.tps_ratio, v.max_ratio, v.pooled_max_ratio, v.p999_ratio, v.vs_stock,
-                v.failures, v.r2g_p50);
+                v.tps_ratio, v.max_ratio, v.pooled_max_ratio, v.p999_ratio, v.vs_stock, v.failures,
+                v.r2g_p50);
   }
   const int n = static_cast<int>(verdicts.size());
   std::printf("  %-14s %8d/%d >=0.8 %8d/%d <=1.5 %30s %8d/%d <=0.2 %4d/%d %7d/%d <100\n",

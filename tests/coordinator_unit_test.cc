@@ -393,6 +393,27 @@ TEST(CoordinatorLine, OldestWaitSinceIsTheLongestLiveWaiter) {
   for (auto& th : threads) th.join();
 }
 
+// A waiter the turn is reserved for, on its way to claim it (not parked), still waits: it
+// counts, as it does for the line's own front.
+TEST(CoordinatorLine, OldestWaitSinceCountsAReservedWaiterOnItsWay) {
+  Fixture f;
+  Ticket *holder = f.New(), *vanished = f.New(), *asker = f.New();
+  Take(f, holder, 1);
+  const Clock::time_point before = Clock::now();
+  std::thread gone = VanishingWaiter(f, vanished);
+  const Clock::time_point after = Clock::now();
+  f.c->ReleaseTurn(holder);  // reserved for `vanished`, which leaves to claim it and never does
+  gone.join();
+  ASSERT_TRUE(f.c->Rest().reserved);
+  ASSERT_EQ(f.c->Rest().parked, 0);
+  const Clock::time_point none = Clock::now() + milliseconds(1000);
+  const Clock::time_point oldest = f.c->OldestWaitSince(asker, none);
+  EXPECT_GE(oldest, before);
+  EXPECT_LE(oldest, after);
+  f.c->Cancel(vanished, Coordinator::CancelWhy::kGaveUp);
+  EXPECT_EQ(f.c->OldestWaitSince(asker, none), none);
+}
+
 // Percentiles come out of the right buckets (upper bounds within ~25%).
 TEST(Histogram, PercentilesAndMax) {
   Histogram h;

@@ -61,11 +61,10 @@ bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until,
                 Clock::time_point since = Clock::now()) {
   // Waiting in the shared line, this handle holds up this process's line: its fairness
   // clock there starts when the longest-waiting of them began.
-  const CrossProcess::Grant g = until != nullptr
-                                    ? Xp(p).Take(p->handle_id, tid, Fair(p),
-                                                 Coord(p).OldestWaitSince(p->ticket.get(), since),
-                                                 *until)
-                                    : Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/false);
+  const CrossProcess::Grant g =
+      until != nullptr ? Xp(p).Take(p->handle_id, tid, Fair(p),
+                                    Coord(p).OldestWaitSince(p->ticket.get(), since), *until)
+                       : Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/false);
   return g == CrossProcess::Grant::kGranted || g == CrossProcess::Grant::kUnavailable;
 }
 

@@ -77,22 +77,16 @@ bool Live(const Slot& u, int64_t now) {
   return u.state == kWaiting && u.parked != 0 && now - u.seen_ns < Ns(timing::kXprocStale);
 }
 
-// Is slot a ahead of slot b in the line? The line is ordered by the fairness clock: the
-// start of each request's wait in its own process (arrived_ns), arrival order breaking ties.
-// So the front waiter is the longest-waiting one, as in a process's own line, and its bound
-// is what the fairness check looks at.
-bool AheadLocked(const Slot& a, const Slot& b) {
-  return a.arrived_ns != b.arrived_ns ? a.arrived_ns < b.arrived_ns : a.order < b.order;
-}
-
 // The first live waiter in line ahead of slot `of` (the whole line if -1), other than `of`;
-// -1 if none.
+// -1 if none. The line is ordered by the fairness clock (LineOrder), so its front is the
+// waiter standing for the longest-waiting transaction, as in a process's own line, and its
+// bound is what the fairness check looks at.
 int AheadOfLocked(XShared* s, int of, int64_t now) SC_REQUIRES(s->mu) {
   int best = -1;
   for (int i = 0; i < kSlots; ++i) {
     const Slot& u = s->slots[i];
-    if (i == of || !Live(u, now) || (of >= 0 && !AheadLocked(u, s->slots[of]))) continue;
-    if (best < 0 || AheadLocked(u, s->slots[best])) best = i;
+    if (i == of || !Live(u, now) || (of >= 0 && !LineOrder(u, s->slots[of]))) continue;
+    if (best < 0 || LineOrder(u, s->slots[best])) best = i;
   }
   return best;
 }
@@ -214,7 +208,7 @@ int64_t GrantLocked(XShared* s, int slot, bool upgrade, uint64_t ticket, uint64_
   if (slot >= 0) {
     ++s->waits;
     if (s->reserved == slot) ++s->handoffs;
-    if (s->released_at_ns > s->slots[slot].arrived_ns) r2g = now - s->released_at_ns;
+    if (s->released_at_ns > s->slots[slot].entered_ns) r2g = now - s->released_at_ns;
   }
   s->reserved = -1;
   ++s->acquisitions;
@@ -267,6 +261,7 @@ void EnterLocked(XShared* s, int i, uint64_t ticket, uint64_t tid, int64_t fair,
   u.ticket = ticket;
   u.order = s->next_order++;
   u.arrived_ns = now;
+  u.entered_ns = now;
   u.seen_ns = now;
   u.fair_ns = fair;
   u.parked = 0;
@@ -366,7 +361,7 @@ CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid, bool up
   Grant g = Grant::kRefused;
   int64_t r2g = -1, arrived = now;
   if (MayTakeLocked(s, slot, upgrade, now, me)) {
-    if (slot >= 0) arrived = s->slots[slot].arrived_ns;
+    if (slot >= 0) arrived = s->slots[slot].entered_ns;
     r2g = GrantLocked(s, slot, upgrade, ticket, tid, now, me);
     g = Grant::kGranted;
   } else if (slot >= 0) {
@@ -433,19 +428,22 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
     }
     EnterLocked(s, slot, ticket, tid, Ns(fair), now, me);
     // Its clock (and its place: the line is ordered by it) is that of the longest-waiting
-    // request it holds up in its own process: one clock per transaction (xproc.h).
-    s->slots[slot].arrived_ns = std::min(now, since_ns);
+    // request it holds up in its own process: one clock per transaction (xproc.h). At most
+    // its own bound back: past its bound it is behind every waiter already past theirs (the
+    // line stays first-come-first-served among them), and a process with a longer bound
+    // cannot put its writers ahead of a waiter of another process for longer than that.
+    s->slots[slot].arrived_ns = std::min(now, std::max(since_ns, now - Ns(fair)));
   }
   for (;;) {
     Slot& u = s->slots[slot];
     u.seen_ns = now;
     if (wake == slot) wake = -1;  // that is us
     if (MayTakeLocked(s, slot, false, now, me)) {
-      const int64_t arrived = u.arrived_ns;
+      const int64_t entered = u.entered_ns;
       const int64_t r2g = GrantLocked(s, slot, false, ticket, tid, now, me);
       s->mu.Unlock();
       WakeSlot(s, wake);
-      Count(true, false, now - arrived, r2g);
+      Count(true, false, now - entered, r2g);
       return Grant::kGranted;
     }
     if (now >= until_ns) {  // keeps its place: Cancel() if the wait gives up

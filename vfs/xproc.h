@@ -10,11 +10,12 @@
 // waited less than its safeconc_fair_ms, a free turn goes to whoever asks; past that, the
 // release reserves the turn for the front waiter. One fairness clock per transaction: a
 // handle waiting here holds up its process's line, so its clock (and its place, the line
-// being ordered by the clock) is that of the longest-waiting request it holds up there.
-// Without that, a writer that had just taken its process's turn stood in the shared line
-// with a fresh clock, overtaken for a whole bound while the requests behind it in its own
-// process had already waited theirs: two bounds in a row, and sidecar p99 1.3-1.7x that of
-// the same threads in one process (bench_xproc, 4x4) against 1.1-1.3x with one clock. A release wakes the front waiter through a
+// being ordered by the clock) is that of the longest-waiting request it holds up there or
+// its own, at most its bound back, fixed when it enters. Without that, a writer that had
+// just taken its process's turn (barging there) stood in the shared line with a fresh clock,
+// overtaken for a whole bound while the requests behind it at home had already waited
+// theirs: two bounds in a row (bench_xproc 4x4: sidecar p99 1.3-1.7x that of the same threads
+// in one process, against 1.1-1.3x with one clock). A release wakes the front waiter through a
 // futex on the shared mapping, so a process is woken by another's release as quickly as a
 // thread by its own process's.
 //
@@ -61,23 +62,25 @@ namespace safeconc {
 namespace xproc {
 
 constexpr uint64_t kMagic = 0x31636e6f63656661ULL;  // "afeconc1" little-endian, + version
-constexpr uint32_t kVersion = 2;
-constexpr int kSlots = 64;  // waiting handles across all processes; more wait by polling
+constexpr uint32_t kVersion = 3;  // 3: Slot::entered_ns, the line ordered by the clock
+constexpr int kSlots = 64;        // waiting handles across all processes; more wait by polling
 
 enum SlotState : uint32_t { kFree = 0, kWaiting = 1 };
 
 // One waiter in the shared line. Guarded by XShared::mu.
 struct Slot {
-  uint32_t state;      // SlotState
-  int32_t pid;         // the waiting process
-  uint64_t pstart;     // its start time (clock ticks after boot): tells a reused pid
-  uint64_t tid;        // the waiting thread (kernel id), for diagnostics
-  uint64_t ticket;     // the handle, unique in its process
-  uint64_t order;      // arrival order in this line: breaks ties of arrived_ns
+  uint32_t state;   // SlotState
+  int32_t pid;      // the waiting process
+  uint64_t pstart;  // its start time (clock ticks after boot): tells a reused pid
+  uint64_t tid;     // the waiting thread (kernel id), for diagnostics
+  uint64_t ticket;  // the handle, unique in its process
+  uint64_t order;   // arrival order in this line: breaks ties of arrived_ns
   // Its fairness clock, CLOCK_MONOTONIC (the same clock in every process of the machine):
-  // when the longest-waiting request it holds up in its own process began to wait. The line
-  // is ordered by it, so its front is the longest-waiting transaction of all processes.
+  // when the longest-waiting request it holds up in its own process began to wait (itself
+  // included), at most its own bound before it entered. Set when it enters; the line is
+  // ordered by it (LineOrder).
   int64_t arrived_ns;
+  int64_t entered_ns;  // when it entered this line: its wait here (stats, release-to-grant)
   int64_t seen_ns;     // last time its waiter was awake in the line: stale when old
   int64_t fair_ns;     // its safeconc_fair_ms
   uint32_t parked;     // its waiter sleeps in the line now (a release can wake it): "live"
@@ -152,6 +155,11 @@ struct XShared {
   // process is coordinated by its own line, at no cost on its lock path.
   std::atomic<uint32_t> attached;
 };
+
+// The line's order: the fairness clock, arrival order breaking ties. True if `a` is ahead.
+inline bool LineOrder(const Slot& a, const Slot& b) {
+  return a.arrived_ns != b.arrived_ns ? a.arrived_ns < b.arrived_ns : a.order < b.order;
+}
 
 // CLOCK_MONOTONIC now, in ns.
 int64_t NowNs();

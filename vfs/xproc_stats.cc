@@ -27,7 +27,7 @@ struct Snapshot {
   int32_t holder_pid = 0;
   uint64_t holder_tid = 0, holder_ticket = 0;
   int64_t holder_since_ns = 0;
-  std::vector<Slot> waiters;  // in arrival order
+  std::vector<Slot> waiters;  // in line order: the front first
   uint64_t counters[kCounters] = {};
 };
 
@@ -39,8 +39,7 @@ void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
   for (const Slot& u : s->slots) {
     if (u.state == kWaiting) out->waiters.push_back(u);
   }
-  std::sort(out->waiters.begin(), out->waiters.end(),
-            [](const Slot& a, const Slot& b) { return a.order < b.order; });
+  std::sort(out->waiters.begin(), out->waiters.end(), LineOrder);
   const uint64_t c[kCounters] = {
       s->acquisitions, s->waits,        s->handoffs,     s->barges,  s->claim_lapsed,
       s->timeouts,     s->dead_holders, s->dead_waiters, s->repairs, s->max_overtaken_wait_us,
@@ -70,7 +69,8 @@ void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
         .Field("pid", u.pid)
         .Field("thread", static_cast<int64_t>(u.tid))
         .Field("handle", static_cast<int64_t>(u.ticket))
-        .Field("waited_ms", (now - u.arrived_ns) / 1000000)
+        .Field("waited_ms", (now - u.entered_ns) / 1000000)
+        .Field("since_ms", (now - u.arrived_ns) / 1000000)
         .Key("alive")
         .Bool(ProcessAlive(u.pid, u.pstart))
         .EndObject();
