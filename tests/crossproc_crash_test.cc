@@ -261,6 +261,50 @@ TEST_P(CrashRounds, OthersProceedNothingLostSidecarRecovers) {
               static_cast<long long>(dead_waiters_seen));
 }
 
+// A process killed while attached never counts itself out of the sidecar. The survivor, once
+// nobody else holds or waits, finds from the kernel's attach locks that it is alone again
+// (within about timing::kXprocRecount) and goes back to skipping the shared turn. Would catch
+// a count that only a rebuild of the sidecar brings back down.
+TEST(CrashCount, KilledProcessIsCountedOut) {
+  sctest::LoadExtension();
+  TempDir dir;
+  const std::string path = dir.File("count.db");
+  {
+    Db d(path, "unix");
+    d.Must("PRAGMA journal_mode=wal");
+    d.Must("CREATE TABLE t(id INTEGER PRIMARY KEY, v)");
+  }
+  // The child is forked before this process opens the database: it attaches on its own.
+  xptest::Child victim = xptest::ForkChild([&](int out) {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
+                        nullptr) != SQLITE_OK ||
+        sqlite3_exec(db, "INSERT INTO t(v) VALUES (1)", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return 2;
+    }
+    if (write(out, "a", 1) != 1) return 3;
+    for (;;) pause();
+  });
+  char c = 0;
+  ASSERT_EQ(read(victim.out, &c, 1), 1) << "the child did not attach";
+  Db d(path);
+  d.Must("INSERT INTO t(v) VALUES (2)");
+  const std::string before = d.Text("SELECT safeconc_stats()");
+  ASSERT_EQ(JsonInt(before, "processes_attached"), 2) << before;
+  kill(victim.pid, SIGKILL);
+  EXPECT_EQ(victim.Wait(), 128 + SIGKILL);
+  std::string after;
+  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(20);
+  do {
+    usleep(50 * 1000);
+    d.Must("INSERT INTO t(v) VALUES (3)");
+    after = d.Text("SELECT safeconc_stats()");
+  } while (JsonInt(after, "processes_attached") != 1 && Clock::now() < give_up);
+  EXPECT_EQ(JsonInt(after, "processes_attached"), 1) << after;
+  EXPECT_EQ(JsonInt(after, "counted_out"), 1) << after;
+  EXPECT_EQ(d.Int("SELECT count(*) FROM t WHERE v IN (1, 2)"), 2) << "a committed row lost";
+}
+
 INSTANTIATE_TEST_SUITE_P(Kill9, CrashRounds,
                          ::testing::Values(Victim::kHolder, Victim::kWaiter, Victim::kInUpdate),
                          [](const ::testing::TestParamInfo<Victim>& i) {

@@ -31,6 +31,7 @@ SQLITE_EXTENSION_INIT3
 #include <ctime>
 #include <new>
 
+#include "vfs/timing.h"
 #include "vfs/xproc.h"
 
 namespace safeconc {
@@ -309,12 +310,45 @@ void CrossProcess::Attach(const char* db_path, bool writable) {
       return fail(bad[0] == ' ' ? sidecar_ + bad : bad);
     }
     fd_ = fd;
+    probe_fd_.store(fd, std::memory_order_relaxed);
     attached_pid_ = getpid();
     s->attached.fetch_add(1, std::memory_order_relaxed);
     shared_.store(s, std::memory_order_release);
     return;
   }
   fail(sidecar_ + " kept being removed and recreated");
+}
+
+void CrossProcess::RecountIfIdle(XShared* s) {
+  const uint32_t n = s->attached.load(std::memory_order_relaxed);
+  if (n <= 1 || s->waiting_hint.load(std::memory_order_relaxed) != 0 ||
+      s->holder_hint.load(std::memory_order_relaxed) != 0) {
+    return;
+  }
+  const int64_t now = xproc::NowNs();
+  int64_t at = recount_at_ns_.load(std::memory_order_relaxed);
+  if (now < at || !recount_at_ns_.compare_exchange_strong(
+                      at, now + std::chrono::nanoseconds(timing::kXprocRecount).count(),
+                      std::memory_order_relaxed)) {
+    return;
+  }
+  // Would an exclusive lock on byte 1 conflict? Only another open file description's shared
+  // lock can (ours never conflicts with itself): another attached process, alive (the kernel
+  // dropped a dead one's locks), or a forked child sharing a description with one.
+  struct flock fl;
+  std::memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 1;
+  fl.l_len = 1;
+  const int fd = probe_fd_.load(std::memory_order_relaxed);
+  if (fd < 0 || fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type != F_UNLCK) return;
+  // Alone. A process attaching now locks byte 1 before it counts itself in: if it counted
+  // since our look at `attached`, the exchange fails and the next probe sees it.
+  uint32_t expected = n;
+  if (s->attached.compare_exchange_strong(expected, 1, std::memory_order_relaxed)) {
+    recounted_.fetch_add(n - 1, std::memory_order_relaxed);
+  }
 }
 
 CrossProcess::~CrossProcess() {

@@ -33,6 +33,7 @@
 #ifndef SAFECONC_VFS_TIMING_H
 #define SAFECONC_VFS_TIMING_H
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 
@@ -100,6 +101,12 @@ constexpr milliseconds kXprocMutexWait{50};
 // After such a wait, requests of this process go without the sidecar for this long before
 // trying its mutex again.
 constexpr milliseconds kXprocSkip{250};
+
+// A process killed while attached never counts itself out of the sidecar's `attached`. A
+// process that finds no other holding or waiting asks the kernel, at most this often, whether
+// any other process still holds the attach lock; if none does, it is alone again, and its
+// lock path skips the shared turn as before the other came.
+constexpr milliseconds kXprocRecount{1000};
 
 }  // namespace timing
 }  // namespace safeconc

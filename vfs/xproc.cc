@@ -346,6 +346,7 @@ void CrossProcess::Keep(uint64_t ticket, int slot) {
 
 CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid, bool upgrade) {
   XShared* s = Shared();
+  if (s != nullptr && !Alone(s)) RecountIfIdle(s);
   if (s == nullptr || (Alone(s) && kept_count_.load(std::memory_order_relaxed) == 0)) {
     return Grant::kUnavailable;
   }
@@ -393,6 +394,7 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
                                        std::chrono::steady_clock::time_point since,
                                        std::chrono::steady_clock::time_point until) {
   XShared* s = Shared();
+  if (s != nullptr && !Alone(s)) RecountIfIdle(s);
   if (s == nullptr || (Alone(s) && kept_count_.load(std::memory_order_relaxed) == 0)) {
     return Grant::kUnavailable;
   }

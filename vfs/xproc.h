@@ -239,8 +239,14 @@ class CrossProcess {
   // The slot `ticket` kept in line (forgotten here), or -1.
   int TakeKept(uint64_t ticket) SC_EXCLUDES(mu_);
   void Keep(uint64_t ticket, int slot) SC_EXCLUDES(mu_);
+  // Counts out processes killed while attached, when nobody else holds or waits (see
+  // timing::kXprocRecount): the kernel's attach locks are the truth, `attached` a cache.
+  void RecountIfIdle(xproc::XShared* s);
 
   std::atomic<xproc::XShared*> shared_{nullptr};  // set once by Attach, then constant
+  std::atomic<int> probe_fd_{-1};                 // fd_, for RecountIfIdle without mu_
+  std::atomic<int64_t> recount_at_ns_{0};         // the next RecountIfIdle may probe then
+  std::atomic<uint64_t> recounted_{0};            // processes counted out by it
   // Until then (ns), requests do not wait for the sidecar's mutex: it was not available.
   std::atomic<int64_t> skip_until_ns_{0};
   Mutex mu_;

@@ -29,6 +29,7 @@ struct Snapshot {
   int64_t holder_since_ns = 0;
   std::vector<Slot> waiters;  // in line order: the front first
   uint64_t counters[kCounters] = {};
+  uint32_t attached = 0;  // processes attached, as counted in the sidecar
 };
 
 void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
@@ -45,6 +46,7 @@ void Copy(const XShared* s, Snapshot* out) SC_NO_THREAD_SAFETY_ANALYSIS {
       s->timeouts,     s->dead_holders, s->dead_waiters, s->repairs, s->max_overtaken_wait_us,
       s->revoked};
   std::copy(c, c + kCounters, out->counters);
+  out->attached = s->attached.load(std::memory_order_relaxed);
 }
 
 void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
@@ -62,6 +64,7 @@ void WriteSnapshot(JsonWriter& w, const Snapshot& snap) {
         .Bool(ProcessAlive(snap.holder_pid, 0))
         .EndObject();
   }
+  w.Field("processes_attached", static_cast<int64_t>(snap.attached));
   w.Field("queue_depth", static_cast<int64_t>(snap.waiters.size()));
   w.Key("waiters").BeginArray();
   for (const Slot& u : snap.waiters) {
@@ -104,7 +107,8 @@ void CrossProcess::WriteJson(JsonWriter& w) {
   if (have) WriteSnapshot(w, snap);
   w.Field("waits", static_cast<int64_t>(waits_))
       .Field("timeouts", static_cast<int64_t>(timeouts_))
-      .Field("went_without", static_cast<int64_t>(unavailable_));
+      .Field("went_without", static_cast<int64_t>(unavailable_))
+      .Field("counted_out", static_cast<int64_t>(recounted_.load(std::memory_order_relaxed)));
   w.Key("wait_us");
   wait_us_.WriteJson(w);
   w.Key("release_to_grant_us");
