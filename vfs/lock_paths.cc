@@ -271,15 +271,19 @@ void MaybeEndWalPeriod(ShimFile* p) {
   DropReason(p, kReasonTxn);
 }
 
-// Calls the base for a lock the coordinator granted. The base may still refuse for a moment:
-// in WAL mode a reader that read a torn index header takes WRITE for a recovery check
-// (microseconds, and it waits for nobody while holding it); another process may hold it.
-// Retry briefly before reporting SQLITE_BUSY, so a transaction that holds the turn does not
-// fail over such a blip. Safe: the holders of that kind never wait for what this connection
-// holds.
+// Calls the base for a lock the coordinator granted. In WAL mode the base may still refuse
+// for a moment: a reader that read a torn index header takes WRITE for a recovery check
+// (microseconds, and it waits for nobody while holding it). `retry_blips`: retry briefly
+// before reporting SQLITE_BUSY, so a transaction that holds the turn does not fail over such
+// a blip. Never in rollback mode: there a refused RESERVED means another process's writer,
+// which at its commit waits for every SHARED lock to go, this connection's included; retrying
+// while holding SHARED stalled that commit for the whole ~10 ms of retries, with its RESERVED
+// held, and every other read-then-write meanwhile failed (4 processes x 4 threads of deferred
+// read-then-write: 30-70% more failures than stock SQLite; stock fails the request at once).
 template <typename Attempt>
-int BaseForTurnHolder(Attempt attempt) {
+int BaseForTurnHolder(Attempt attempt, bool retry_blips) {
   int rc = attempt();
+  if (!retry_blips) return rc;
   for (auto d = timing::kBaseRetryFirst; rc == SQLITE_BUSY && d <= timing::kBaseRetryLast; d *= 2) {
     std::this_thread::sleep_for(d);
     rc = attempt();
@@ -308,14 +312,15 @@ void BaseRefused(ShimFile* p, const char* lock, bool took) {
 
 // A write start (RESERVED, WAL WRITE): takes the turn unless held, then the base lock. A
 // holder refused by the base (another process) keeps its place in line and polls.
+// `wal`: the WAL WRITE lock (see BaseForTurnHolder).
 template <typename Attempt>
-int WriteStart(ShimFile* p, const char* lock, Attempt attempt) {
+int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
   const bool held = p->turn_reasons != 0;
   if (!held) {
     const int rc = TakeTurnForWrite(p, lock);
     if (rc != SQLITE_OK) return rc;
   }
-  const int rc = BaseForTurnHolder(attempt);
+  const int rc = BaseForTurnHolder(attempt, /*retry_blips=*/wal);
   if (rc == SQLITE_BUSY) {
     BaseRefused(p, lock, /*took=*/!held);
     return rc;
@@ -436,7 +441,8 @@ int LockPathLock(ShimFile* p, int level) {
     return rc;
   }
   if (level == SQLITE_LOCK_RESERVED) {
-    rc = WriteStart(p, "RESERVED", [&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
+    rc = WriteStart(p, "RESERVED", /*wal=*/false,
+                    [&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
     if (rc == SQLITE_OK) p->level = SQLITE_LOCK_RESERVED;
     return rc;
   }
@@ -515,7 +521,8 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
       // held it.
       return o->pMethods->xShmLock(o, offset, n, flags);
     }
-    return WriteStart(p, "WAL WRITE", [&] { return o->pMethods->xShmLock(o, offset, n, flags); });
+    return WriteStart(p, "WAL WRITE", /*wal=*/true,
+                      [&] { return o->pMethods->xShmLock(o, offset, n, flags); });
   }
   const bool read_mark = n == 1 && offset >= kWalReadLock0 &&
                          offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
