@@ -683,7 +683,10 @@ int main(int argc, char** argv) {
     g_deferred = true;
     for (const char* journal : {"wal", "delete"}) {
       if (only_journal && std::string(only_journal) != journal) continue;
-      RunDeferredRow(journal, 4, 4, 1.0, drounds);
+      // 4x4 unless BENCH_PROCS / BENCH_THREADS say otherwise (any number, for a look at
+      // other shapes).
+      RunDeferredRow(journal, only_procs ? std::max(1, std::atoi(only_procs)) : 4,
+                     only_threads ? std::max(1, std::atoi(only_threads)) : 4, 1.0, drounds);
     }
   }
   std::string rm = "rm -rf " + g_dir;
