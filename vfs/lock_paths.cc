@@ -60,7 +60,9 @@ bool Contended(ShimFile* p) { return Coord(p).Contended() || Xp(p).Contended(); 
 bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until,
                 Clock::time_point since = Clock::now()) {
   // Waiting in the shared line, this handle holds up this process's line: its fairness
-  // clock there starts when the longest-waiting of them began.
+  // clock there starts when the longest-waiting of them began (looked up only if the shared
+  // line is in use: a process alone skips the coordinator's mutex on every park).
+  if (until != nullptr && !Xp(p).Engaged()) return true;
   const CrossProcess::Grant g =
       until != nullptr ? Xp(p).Take(p->handle_id, tid, Fair(p),
                                     Coord(p).OldestWaitSince(p->ticket.get(), since), *until)
@@ -201,8 +203,8 @@ void UpgradeShared(ShimFile* p, uint64_t tid) {
 
 // Asks for the write turn where waiting is unsafe (the connection holds a read lock).
 // Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (retried
-// through the busy handler) or failed.
-int TakeTurnForWrite(ShimFile* p, const char* lock) {
+// through the busy handler) or failed. `will_retry`: WillRetry(p), looked up by the caller.
+int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry) {
   Coordinator& c = Coord(p);
   Ticket* t = p->ticket.get();
   const uint64_t tid = CurrentThreadId();
@@ -219,7 +221,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock) {
     NoteRefusal(p, lock, BusyKind::kTurn);
     return SQLITE_BUSY;
   }
-  if (!WillRetry(p)) {
+  if (!will_retry) {
     // An upgrade: SQLite fails it at once when refused, so it takes any free turn, as stock
     // SQLite grants any free write lock, whoever waits.
     if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/false) ==
@@ -317,16 +319,20 @@ void BaseRefused(ShimFile* p, const char* lock, bool took) {
 template <typename Attempt>
 int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
   const bool held = p->turn_reasons != 0;
+  const bool will_retry = !held && WillRetry(p);  // one look, only when it matters
   if (!held) {
-    const int rc = TakeTurnForWrite(p, lock);
+    const int rc = TakeTurnForWrite(p, lock, will_retry);
     if (rc != SQLITE_OK) return rc;
   }
   // Not for an upgrade SQLite will not retry (a read transaction's first write) that took the
-  // turn just now: there a refusal is almost always another process's writer, whose commit
-  // makes this read transaction's snapshot stale anyway (SQLITE_BUSY_SNAPSHOT after the wait),
-  // and retrying kept the in-process turn from every other local upgrade for ~10 ms: 4
-  // processes x 4 threads of deferred read-then-write in WAL failed 7% more often than stock.
-  const int rc = BaseForTurnHolder(attempt, /*retry_blips=*/wal && (held || WillRetry(p)));
+  // turn just now: it makes the one base call stock SQLite makes. A refusal there is almost
+  // always another process's writer (the base cannot say whose lock it is), whose commit makes
+  // this read transaction's snapshot stale anyway (SQLITE_BUSY_SNAPSHOT after the wait), and
+  // retrying kept the in-process turn from every other local upgrade for ~10 ms: 4 processes x
+  // 4 threads of deferred read-then-write in WAL failed 4-5 points more often than stock (about
+  // 30% against 26%). Under shared cache (no caller) whether SQLite retries is unknown: kept.
+  const bool retry = held || will_retry || Caller(p) == nullptr;
+  const int rc = BaseForTurnHolder(attempt, /*retry_blips=*/wal && retry);
   if (rc == SQLITE_BUSY) {
     BaseRefused(p, lock, /*took=*/!held);
     return rc;

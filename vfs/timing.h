@@ -73,9 +73,11 @@ inline milliseconds PollStep(int polls) {
   return milliseconds(std::min<int64_t>(int64_t{1} << (polls < 4 ? polls : 4), kPollMax.count()));
 }
 
-// A base lock call refused while this connection holds the turn: wal.c's recovery check takes
-// WRITE for microseconds and waits for nobody. Retried with these sleeps (10 us doubling to
-// 5.12 ms, ~10 ms in all) before the refusal is reported.
+// A WAL WRITE refused by the base while this connection holds the turn: wal.c's recovery check
+// takes WRITE for microseconds and waits for nobody. Retried with these sleeps (10 us doubling
+// to 5.12 ms, ~10 ms in all) before the refusal is reported; only for a turn held from before
+// or a write SQLite retries (not a read transaction's first write, nor rollback RESERVED:
+// see BaseForTurnHolder and WriteStart in lock_paths.cc).
 constexpr microseconds kBaseRetryFirst{10};
 constexpr microseconds kBaseRetryLast{5120};
 

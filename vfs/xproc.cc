@@ -344,6 +344,11 @@ void CrossProcess::Keep(uint64_t ticket, int slot) {
   kept_count_.store(static_cast<int>(kept_.size()), std::memory_order_relaxed);
 }
 
+bool CrossProcess::Engaged() const {
+  XShared* s = Shared();
+  return s != nullptr && (!Alone(s) || kept_count_.load(std::memory_order_relaxed) != 0);
+}
+
 CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid, bool upgrade) {
   XShared* s = Shared();
   if (s != nullptr && !Alone(s)) RecountIfIdle(s);

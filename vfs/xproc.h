@@ -202,6 +202,10 @@ class CrossProcess {
   Grant Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
              std::chrono::steady_clock::time_point since,
              std::chrono::steady_clock::time_point until);
+  // Would Take/TryTake use the sidecar now (attached, and another process attached or a place
+  // kept in line)? When false they return kUnavailable at once: a caller may skip computing
+  // their arguments.
+  bool Engaged() const;
   // Leaves the line (a wait that gave up).
   void Cancel(uint64_t ticket) SC_EXCLUDES(mu_);
   // Gives the turn back if `ticket` holds it (and its place in line, if it kept one).
