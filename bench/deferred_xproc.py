@@ -38,9 +38,16 @@ def worker(path, so, env, queue):
     failed = [0]
     lock = threading.Lock()
 
-    def run():
+    def run(autocommit):
         db = sqlite3.connect(path, timeout=5, isolation_level=None)
         for _ in range(int(os.environ["DX_TX"])):
+            if autocommit:  # --mix: a plain INSERT beside the read-then-write transactions
+                try:
+                    db.execute("INSERT INTO t(v) VALUES (randomblob(100))")
+                except sqlite3.OperationalError:
+                    with lock:
+                        failed[0] += 1
+                continue
             try:
                 db.execute("BEGIN")
                 n = db.execute("SELECT n FROM c").fetchone()[0]
@@ -56,7 +63,9 @@ def worker(path, so, env, queue):
                     pass
         db.close()
 
-    threads = [threading.Thread(target=run) for _ in range(int(os.environ["DX_THREADS"]))]
+    mix = os.environ.get("DX_MIX") == "1"
+    threads = [threading.Thread(target=run, args=(mix and i % 2 == 1,))
+               for i in range(int(os.environ["DX_THREADS"]))]
     for t in threads:
         t.start()
     for t in threads:
@@ -94,6 +103,9 @@ def main():
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--tx", type=int, default=100, help="transactions per thread")
+    ap.add_argument("--mix", action="store_true",
+                    help="every other thread runs autocommit INSERTs instead (writers beside"
+                    " the read-then-write transactions; failures counted over all)")
     ap.add_argument("--so", default=os.path.join(os.path.dirname(__file__), "..", "build",
                                                  "libsafeconc.so"))
     ap.add_argument("--sidecar-off", action="store_true", help="SAFECONC_SIDECAR=0 (polling)")
@@ -108,6 +120,7 @@ def main():
     a = ap.parse_args()
     os.environ["DX_THREADS"] = str(a.threads)
     os.environ["DX_TX"] = str(a.tx)
+    os.environ["DX_MIX"] = "1" if a.mix else "0"
     so = os.path.abspath(a.so)
     total = a.procs * a.threads * a.tx
     peers = [("stock", None, {}),
