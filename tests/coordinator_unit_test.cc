@@ -254,6 +254,34 @@ TEST(CoordinatorLine, SameThreadWaitsAndIsReported) {
   f.c->ReleaseTurn(b);
 }
 
+// An upgrade (never retried by SQLite) may ask the base itself past a holder that took the
+// turn for a write SQLite retries, never past one that protects a read-then-write, nor past
+// itself or a free turn, nor while another pass is under way. Until the pass ends nobody else
+// is granted the turn, the holder's release notwithstanding: the base write lock may be the
+// upgrade's (a safeconc_txn=immediate read-then-write granted the turn then failed at its
+// write, found in review). Would catch the flag ignored, or the turn granted during a pass.
+TEST(CoordinatorLine, UpgradeGoesPastOnlyAHolderWhoseWriteIsRetried) {
+  Fixture f;
+  Ticket *holder = f.New(), *upgrader = f.New(), *other = f.New(), *third = f.New();
+  EXPECT_FALSE(f.c->GoPastHolder(upgrader));  // free turn: it would simply take it
+  holder->write_retried = false;              // safeconc_txn=immediate: a read-then-write's
+  Take(f, holder, 1);
+  EXPECT_FALSE(f.c->GoPastHolder(upgrader));
+  f.c->ReleaseTurn(holder);
+  holder->write_retried = true;  // a writing statement's turn
+  Take(f, holder, 1);
+  EXPECT_FALSE(f.c->GoPastHolder(holder));  // not past itself
+  ASSERT_TRUE(f.c->GoPastHolder(upgrader));
+  EXPECT_FALSE(f.c->GoPastHolder(third));  // one pass at a time
+  f.c->ReleaseTurn(holder);                // refused by the base, the holder gave up its turn
+  EXPECT_NE(f.c->TryTurn(other, Ask::kWrite, 2, kFifo, /*queue=*/false), Grant::kGranted);
+  EXPECT_NE(f.c->TryTurn(third, Ask::kUpgrade, 3, kFifo, /*queue=*/false), Grant::kGranted);
+  EXPECT_TRUE(f.c->Contended());
+  f.c->EndPast(upgrader);  // its write lock released
+  EXPECT_EQ(f.c->TryTurn(other, Ask::kWrite, 2, kFifo, /*queue=*/false), Grant::kGranted);
+  f.c->ReleaseTurn(other);
+}
+
 // A waiter gives up at its deadline and leaves the line; the next one is still served.
 TEST(CoordinatorLine, TimeoutLeavesTheLine) {
   Fixture f;

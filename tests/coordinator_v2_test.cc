@@ -146,6 +146,83 @@ TEST_P(CoordinatorV2ReadThenWrite, FailsNoMoreOftenThanStock) {
 INSTANTIATE_TEST_SUITE_P(JournalModes, CoordinatorV2ReadThenWrite,
                          testing::Values("delete", "wal"));
 
+// One process, three kinds of connection on one file: autocommit INSERTs (default mode, their
+// turn taken for a writing statement), deferred read-then-writes (which may go past such a
+// holder to the base lock, as in stock SQLite), and safeconc_txn=immediate read-then-writes,
+// which must never fail. A pass past the holder used to leave the turn free for the next
+// connection while the upgrade held the base write lock: an immediate read-then-write granted
+// it then met that lock at its write and failed (found in review). Would catch the turn
+// granted during a pass (in the runs that hit the window), and lost or doubled updates.
+TEST_P(CoordinatorV2ReadThenWrite, ImmediateNeverFailsBesideWritersAndUpgrades) {
+  sctest::LoadExtension();
+  sctest::TempDir dir;
+  const char* journal = GetParam();
+  const std::string uri = "file:" + dir.File("mix.db");
+  {
+    sctest::Db db(uri);
+    db.Must(std::string("PRAGMA journal_mode=") + journal);
+    db.Must("CREATE TABLE c(n INTEGER); INSERT INTO c VALUES(0); CREATE TABLE t(b BLOB)");
+  }
+  const int per = Scaled(150);
+  constexpr int kInserters = 4, kDeferred = 4, kImmediate = 4;
+  std::atomic<int> inserted{0}, rtw_ok{0}, deferred_failed{0}, immediate_failed{0};
+  FirstError first;
+  RunTogether(kInserters + kDeferred + kImmediate, [&](int i, auto wait_for_all) {
+    const bool inserter = i < kInserters;
+    const bool immediate = i >= kInserters + kDeferred;
+    sqlite3* db = Open(immediate ? uri + "?safeconc_txn=immediate" : uri);
+    sqlite3_busy_timeout(db, 10000);
+    wait_for_all();
+    for (int k = 0; k < per; ++k) {
+      if (inserter) {
+        if (sqlite3_exec(db, "INSERT INTO t VALUES(randomblob(50))", nullptr, nullptr, nullptr) ==
+            SQLITE_OK) {
+          inserted.fetch_add(1);
+        } else {
+          first.Add(std::string("inserter: ") + sqlite3_errmsg(db));
+        }
+        continue;
+      }
+      int rc = sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
+      sqlite3_stmt* sel = nullptr;
+      int64_t n = -1;
+      if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, "SELECT n FROM c", -1, &sel, nullptr);
+      if (rc == SQLITE_OK && sqlite3_step(sel) == SQLITE_ROW) n = sqlite3_column_int64(sel, 0);
+      sqlite3_finalize(sel);
+      if (rc == SQLITE_OK && n < 0) rc = SQLITE_ERROR;
+      if (rc == SQLITE_OK) {
+        const std::string upd = "UPDATE c SET n = " + std::to_string(n + 1);
+        rc = sqlite3_exec(db, upd.c_str(), nullptr, nullptr, nullptr);
+      }
+      if (rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+      if (rc == SQLITE_OK) {
+        rtw_ok.fetch_add(1);
+        continue;
+      }
+      if (immediate) {
+        immediate_failed.fetch_add(1);
+        first.Add(std::string("immediate: ") + sqlite3_errmsg(db));
+      } else {
+        deferred_failed.fetch_add(1);
+        if ((rc & 0xff) != SQLITE_BUSY) first.Add(std::string("deferred: ") + sqlite3_errmsg(db));
+      }
+      if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    sqlite3_close(db);
+  });
+  printf(
+      "[ mixed %s ] inserts %d, read-then-write committed %d, deferred failed %d, immediate "
+      "failed %d\n",
+      journal, inserted.load(), rtw_ok.load(), deferred_failed.load(), immediate_failed.load());
+  EXPECT_EQ(immediate_failed.load(), 0) << first.Get();
+  EXPECT_EQ(first.Get(), "");
+  EXPECT_EQ(inserted.load(), kInserters * per);
+  sctest::Db db(uri);
+  EXPECT_EQ(db.Int("SELECT n FROM c"), rtw_ok.load()) << "lost or doubled update";
+  EXPECT_EQ(db.Int("SELECT count(*) FROM t"), inserted.load());
+  EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
+}
+
 // ---- 2. A transaction continued by another thread -----------------------------------------
 
 struct HandoffParam {

@@ -75,7 +75,8 @@ void Coordinator::ParkLocked(Ticket* t, Clock::time_point until) {
 
 bool Coordinator::MayTakeLocked(Ticket* t, Ask ask, Clock::time_point now) {
   if (holder_ != nullptr) return false;
-  if (ask == Ask::kUpgrade) return true;  // stock SQLite grants any free write lock
+  if (past_ != nullptr && past_ != t) return false;  // the base write lock may be past_'s
+  if (ask == Ask::kUpgrade) return true;             // stock SQLite grants any free write lock
   if (reserved_ != nullptr) {
     if (reserved_ == t) return true;
     if (Of(reserved_).parked > 0 || now < reserved_until_) return false;
@@ -124,6 +125,11 @@ void Coordinator::GrantLocked(Ticket* t, Ask ask, uint64_t tid, Clock::time_poin
 void Coordinator::OnFreeLocked(Clock::time_point now) {
   released_at_ = now;
   ++stats_.releases;
+  WakeNextLocked(now);
+}
+
+void Coordinator::WakeNextLocked(Clock::time_point now) {
+  if (past_ != nullptr) return;  // EndPast wakes
   if (reserved_ != nullptr && Of(reserved_).parked == 0 && now >= reserved_until_) {
     ++stats_.claim_lapsed;  // a reservation nobody came back for: gone with this release
     reserved_ = nullptr;
@@ -177,7 +183,8 @@ void Coordinator::ClearHolderLocked() {
 }
 
 void Coordinator::UpdateHintLocked() {
-  contended_.store(holder_ != nullptr || !line_.empty(), std::memory_order_relaxed);
+  contended_.store(holder_ != nullptr || past_ != nullptr || !line_.empty(),
+                   std::memory_order_relaxed);
 }
 
 void Coordinator::RevokeStaleLocked(Clock::time_point now) {
@@ -330,6 +337,11 @@ void Coordinator::Close(Ticket* t) {
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
   if (readers_.Contains(&p)) readers_.Remove(&p);  // the generation is bumped below
+  if (past_ == t) {  // closed with its pass under way (SQLite unlocks first): end it
+    past_ = nullptr;
+    UpdateHintLocked();
+    if (holder_ == nullptr) WakeNextLocked(now);
+  }
   if (holder_ == t) {  // SQLite unlocks before closing; stay safe if it did not
     ClearHolderLocked();
     OnFreeLocked(now);
@@ -369,6 +381,27 @@ void Coordinator::CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* o
     ++*others;
     if (r->ticket->last_tid.load(std::memory_order_relaxed) == tid) ++*on_tid;
   }
+}
+
+bool Coordinator::GoPastHolder(Ticket* t) {
+  MutexLock l(&mu_);
+  if (holder_ == nullptr || holder_ == t || past_ != nullptr ||
+      !holder_->write_retried.load(std::memory_order_relaxed)) {
+    return false;
+  }
+  past_ = t;
+  ++stats_.upgrade_passes;
+  UpdateHintLocked();
+  return true;
+}
+
+void Coordinator::EndPast(Ticket* t) {
+  MutexLock l(&mu_);
+  if (past_ != t) return;
+  past_ = nullptr;
+  UpdateHintLocked();
+  if (holder_ == nullptr) WakeNextLocked(Clock::now());
+  BumpGenerationLocked();
 }
 
 bool Coordinator::HolderLastOnThread(Ticket* t, uint64_t tid) {
@@ -486,6 +519,7 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("fast_failed_upgrades", static_cast<int64_t>(stats_.fast_failed))
       .Field("barges", static_cast<int64_t>(stats_.barges))
       .Field("upgrade_barges", static_cast<int64_t>(stats_.upgrade_barges))
+      .Field("upgrade_passes", static_cast<int64_t>(stats_.upgrade_passes))
       .Field("max_overtaken_wait_us", stats_.max_overtaken_wait_us)
       .Field("handoffs", static_cast<int64_t>(stats_.handoffs))
       .Field("claim_lapsed", static_cast<int64_t>(stats_.claim_lapsed))

@@ -131,6 +131,15 @@ class Coordinator {
   // The holder waiting for the shared turn (vfs/xproc.h) holds up every waiter here: its
   // place in the shared line is as old as theirs (one fairness clock per transaction).
   Clock::time_point OldestWaitSince(Ticket* t, Clock::time_point if_none) SC_EXCLUDES(mu_);
+  // An upgrade t (a write SQLite never retries) found the turn held. True if the holder took it
+  // for a write SQLite retries (Ticket::write_retried) and no other pass is under way: t may
+  // then ask the base lock itself, as with stock SQLite (the holder, if refused, waits and
+  // retries), and until EndPast(t) nobody but t is granted the turn, since the base write lock
+  // may be t's. False otherwise: t fails as before.
+  bool GoPastHolder(Ticket* t) SC_EXCLUDES(mu_);
+  // t's pass is over (its base write lock released, or never granted): the turn may be
+  // granted again; wakes the front waiter if the turn is free. No-op if t has no pass.
+  void EndPast(Ticket* t) SC_EXCLUDES(mu_);
   // True if the turn is held by a handle other than t whose latest lock call came from
   // thread tid: waiting for it may wait for ourselves (reported; see lock_paths.cc).
   bool HolderLastOnThread(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
@@ -177,6 +186,8 @@ class Coordinator {
   // The turn became free: wake the front waiter, reserving the turn for it if it waited its
   // fairness bound.
   void OnFreeLocked(Clock::time_point now) SC_REQUIRES(mu_);
+  // The wake-up part of OnFreeLocked (also when a pass ends: not a release).
+  void WakeNextLocked(Clock::time_point now) SC_REQUIRES(mu_);
   // Revokes a pre-read turn held longer than timing::kPreReadLease.
   void RevokeStaleLocked(Clock::time_point now) SC_REQUIRES(mu_);
   // Puts t in line: a new arrival at the back, a retry (queued and seen lately) in its place.
@@ -222,6 +233,8 @@ class Coordinator {
   // it or reserved_until_ passes while it is not parked.
   Ticket* reserved_ SC_GUARDED_BY(mu_) = nullptr;
   Clock::time_point reserved_until_ SC_GUARDED_BY(mu_);
+  // An upgrade that went past the holder to the base lock (GoPastHolder), until EndPast.
+  Ticket* past_ SC_GUARDED_BY(mu_) = nullptr;
   // The line, in arrival order.
   IntrusiveList<Place, &Place::line_link> line_ SC_GUARDED_BY(mu_);
   int64_t parked_ SC_GUARDED_BY(mu_) = 0;
@@ -245,6 +258,7 @@ class Coordinator {
     uint64_t fast_failed = 0;           // refused where SQLite does not retry (upgrades)
     uint64_t barges = 0;                // grants ahead of a live waiter
     uint64_t upgrade_barges = 0;        // of which upgrades past a waiter at its bound
+    uint64_t upgrade_passes = 0;        // upgrades that asked the base past a holder
     int64_t max_overtaken_wait_us = 0;  // longest wait of a waiter at a barge (not upgrades)
     uint64_t handoffs = 0;              // grants of a reserved turn
     uint64_t claim_lapsed = 0;          // reservations that lapsed unclaimed
@@ -267,6 +281,12 @@ class Ticket {
 
   // Constant after construction.
   const std::shared_ptr<Coordinator> coord;
+  // The write this handle asks the turn for is one SQLite retries if the base refuses it (a
+  // writing statement's lock period, which holds no read transaction yet), not a
+  // read-then-write the turn protects. Written by the handle's lock paths before they ask
+  // for the turn (so a holder's value is published by the coordinator's mutex); read under it
+  // by HolderWriteRetried.
+  std::atomic<bool> write_retried{false};
   const uint64_t handle;  // process-unique id of the shim file (diagnostics)
   // The thread of this handle's latest lock call. Written (relaxed) by the lock paths of the
   // handle, read by diagnostics on any thread: a hint that never orders anything.

@@ -65,6 +65,10 @@ struct ShimFile {
   bool turn_gave_up = false;
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   bool upgraded = false;   // rollback: this write transaction began as a read (an upgrade)
+  // An upgrade that found the turn held by a writing statement not yet at its write lock
+  // (Coordinator::HolderWriteRetried) asked the base itself, as stock SQLite would, and holds
+  // the base write lock without the turn until it releases it (lock_paths.cc, WriteStart).
+  bool past_holder = false;
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
   // The current refused request, until it is granted or fails (owned by vfs/refusal.cc).
