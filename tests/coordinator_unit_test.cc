@@ -277,7 +277,15 @@ TEST(CoordinatorLine, UpgradeGoesPastOnlyAHolderWhoseWriteIsRetried) {
   EXPECT_NE(f.c->TryTurn(other, Ask::kWrite, 2, kFifo, /*queue=*/false), Grant::kGranted);
   EXPECT_NE(f.c->TryTurn(third, Ask::kUpgrade, 3, kFifo, /*queue=*/false), Grant::kGranted);
   EXPECT_TRUE(f.c->Contended());
+  EXPECT_TRUE(f.c->Rest().passing);
+  // Only the upgrade's connection can end the pass: a request on the thread it was last used
+  // on must not wait for it (it would wait for itself; found in review).
+  upgrader->last_tid = 7;
+  EXPECT_TRUE(f.c->HolderLastOnThread(other, 7));
+  EXPECT_FALSE(f.c->HolderLastOnThread(upgrader, 7));
   f.c->EndPast(upgrader);  // its write lock released
+  EXPECT_FALSE(f.c->Rest().passing);
+  EXPECT_FALSE(f.c->HolderLastOnThread(other, 7));
   EXPECT_EQ(f.c->TryTurn(other, Ask::kWrite, 2, kFifo, /*queue=*/false), Grant::kGranted);
   f.c->ReleaseTurn(other);
 }

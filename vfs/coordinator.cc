@@ -406,6 +406,11 @@ void Coordinator::EndPast(Ticket* t) {
 
 bool Coordinator::HolderLastOnThread(Ticket* t, uint64_t tid) {
   MutexLock l(&mu_);
+  // A pass (GoPastHolder) keeps the turn from everyone until it ends, and only its own
+  // connection ends it: a wait on its thread would wait for itself, as for a holder.
+  if (past_ != nullptr && past_ != t && past_->last_tid.load(std::memory_order_relaxed) == tid) {
+    return true;
+  }
   return holder_ != nullptr && holder_ != t &&
          holder_->last_tid.load(std::memory_order_relaxed) == tid;
 }
@@ -496,6 +501,7 @@ RestState Coordinator::Rest() {
   r.queued = line_.size();
   r.parked = parked_;
   r.readers = readers_.size();
+  r.passing = past_ != nullptr;
   return r;
 }
 

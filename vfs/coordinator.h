@@ -10,7 +10,9 @@
 // Policy (eventual fairness; vfs/timing.h states it in full): a free turn goes to whoever
 // asks, unless the front waiter has waited its fairness bound (safeconc_fair_ms), in which
 // case a release reserves the turn for that waiter alone. A release wakes exactly one waiter,
-// the front one. A request SQLite will not retry (an upgrade) takes any free turn.
+// the front one. A request SQLite will not retry (an upgrade) takes any free turn; held for a
+// write SQLite retries, it may go past it to the base lock (GoPastHolder), and until that pass
+// ends nobody else is granted the turn (a release then wakes no one; the pass's end does).
 //
 // Waiters wait in two places, both parked on their ticket's condition variable:
 //  - inside a lock call, at a safe point (AcquireTurn): granted where they wake;
@@ -75,6 +77,7 @@ struct RestState {
   int64_t queued = 0;     // tickets in line
   int64_t parked = 0;     // threads waiting on a ticket
   int64_t readers = 0;    // rollback readers
+  bool passing = false;   // an upgrade went past the holder (GoPastHolder), not yet ended
 };
 
 class Coordinator {
@@ -140,7 +143,8 @@ class Coordinator {
   // t's pass is over (its base write lock released, or never granted): the turn may be
   // granted again; wakes the front waiter if the turn is free. No-op if t has no pass.
   void EndPast(Ticket* t) SC_EXCLUDES(mu_);
-  // True if the turn is held by a handle other than t whose latest lock call came from
+  // True if the turn is held by a handle other than t (or an upgrade other than t went past
+  // the holder and holds the base write lock outside the turn) whose latest lock call came from
   // thread tid: waiting for it may wait for ourselves (reported; see lock_paths.cc).
   bool HolderLastOnThread(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
 
@@ -281,16 +285,16 @@ class Ticket {
 
   // Constant after construction.
   const std::shared_ptr<Coordinator> coord;
-  // The write this handle asks the turn for is one SQLite retries if the base refuses it (a
-  // writing statement's lock period, which holds no read transaction yet), not a
-  // read-then-write the turn protects. Written by the handle's lock paths before they ask
-  // for the turn (so a holder's value is published by the coordinator's mutex); read under it
-  // by HolderWriteRetried.
-  std::atomic<bool> write_retried{false};
   const uint64_t handle;  // process-unique id of the shim file (diagnostics)
   // The thread of this handle's latest lock call. Written (relaxed) by the lock paths of the
   // handle, read by diagnostics on any thread: a hint that never orders anything.
   std::atomic<uint64_t> last_tid{0};
+  // The write this handle asks the turn for is one SQLite retries if the base refuses it (a
+  // writing statement's lock period, which holds no read transaction yet), not a
+  // read-then-write the turn protects. Written by the handle's lock paths before they ask
+  // for the turn (so a holder's value is published by the coordinator's mutex) and cleared
+  // once its write lock is taken; read under the mutex by GoPastHolder.
+  std::atomic<bool> write_retried{false};
 
  private:
   friend class Coordinator;

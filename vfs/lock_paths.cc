@@ -112,6 +112,7 @@ void DropReason(ShimFile* p, unsigned reason) {
 void EndPastHolder(ShimFile* p) {
   if (!p->past_holder) return;
   p->past_holder = false;
+  Xp(p).Release(p->handle_id);  // if it took the shared turn (TakeTurnForWrite)
   Coord(p).EndPast(p->ticket.get());
   Xp(p).NotifyChange();
 }
@@ -258,6 +259,10 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry) {
       // coordinator grants the turn to nobody else: a read-then-write that takes it
       // (safeconc_txn=immediate) must not meet this write lock at its own write.
       p->past_holder = true;
+      // The shared turn too, if another process does not hold it (this process's, the
+      // holder's, passes to this handle): another process's read-then-write must not take it
+      // and then meet this write lock at its own write.
+      UpgradeShared(p, tid);
       return SQLITE_OK;
     }
     c.FastFail(t);
@@ -351,12 +356,12 @@ void BaseRefused(ShimFile* p, const char* lock, bool took) {
 // `wal`: the WAL WRITE lock (see BaseForTurnHolder).
 template <typename Attempt>
 int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
-  // A pass past the holder lasts until its write lock is released (EndPastHolder); one still
-  // flagged here is stale (never seen): end it, so this request cannot take its branch below.
-  if (p->past_holder) EndPastHolder(p);
   const bool held = p->turn_reasons != 0;
   const bool will_retry = !held && WillRetry(p);  // one look, only when it matters
-  if (!held) {
+  // A pass past the holder lasts until its write lock is released (EndPastHolder). Asked
+  // again meanwhile (never seen), the base decides in the branch below, which keeps the pass
+  // if the lock is still held.
+  if (!held && !p->past_holder) {
     const int rc = TakeTurnForWrite(p, lock, will_retry);
     if (rc != SQLITE_OK) return rc;
   }

@@ -66,7 +66,7 @@ struct ShimFile {
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   bool upgraded = false;   // rollback: this write transaction began as a read (an upgrade)
   // An upgrade that found the turn held by a writing statement not yet at its write lock
-  // (Coordinator::HolderWriteRetried) asked the base itself, as stock SQLite would, and holds
+  // (Coordinator::GoPastHolder) asked the base itself, as stock SQLite would, and holds
   // the base write lock without the turn until it releases it (lock_paths.cc, WriteStart).
   bool past_holder = false;
   enum class Handler { kUnknown, kOurs, kBinding };

@@ -15,6 +15,8 @@
 // Exceptions, each so that loading the extension never fails what stock SQLite would serve:
 //  - A read transaction that asks to write (SQLite does not retry it) gets the turn whenever
 //    it is free, whoever waits: stock SQLite grants it whenever no one holds the write lock.
+//    Held for a write SQLite retries (a writing statement not yet at its write lock), it asks
+//    the base lock itself (Coordinator::GoPastHolder).
 //  - A waiter that is not inside the coordinator when the turn is released (its binding's
 //    busy handler sleeps without going through the VFS, or has given up) cannot be woken, so
 //    it is not reserved for; it keeps its place in line and is reserved for again as soon as
