@@ -288,58 +288,51 @@ TEST(Misuse, SerialisedAndSharedCacheUseIsNotMisuse) {
   EXPECT_EQ(shared.Text("PRAGMA integrity_check"), "ok");
 }
 
-// In rollback mode, a read transaction's write (an upgrade: SQLite fails it when refused)
-// refused by the base because another connection holds RESERVED fails at once, as in stock
-// SQLite: one base call. Retrying it (as a WAL WRITE blip is retried) held this connection's
-// SHARED lock for ~10 ms while that writer's commit waited for every SHARED lock to go, and
-// cross-process deferred read-then-write failed 30-70% more often than stock. Would catch the
-// retry coming back for RESERVED (it makes about ten base calls).
-TEST(BaseRefusal, RollbackUpgradeRefusedByAnotherWriterIsOneBaseCall) {
-  ASSERT_NE(A(), nullptr);
+// A read transaction's write (an upgrade: SQLite fails it when refused), refused by the base
+// because another connection holds the write lock (here one safeconc does not coordinate, as
+// another process's), fails at once as in stock SQLite: one base call. Returns the most base
+// calls of any lock method during that write.
+int64_t BaseCallsOfRefusedUpgrade(const char* journal) {
   sctest::TempDir dir;
-  const std::string path = dir.File("r.db");
+  const std::string path = dir.File("u.db");
   sctest::Db db(path);
-  db.Must("PRAGMA journal_mode=delete; CREATE TABLE t(x); INSERT INTO t VALUES (1)");
-  sctest::Db other(path, "unix");  // a writer safeconc does not coordinate (as another process)
+  db.Must(std::string("PRAGMA journal_mode=") + journal +
+          "; CREATE TABLE t(x); INSERT INTO t VALUES (1)");
+  sctest::Db other(path, "unix");
   other.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES (2)");
   db.Must("BEGIN");
   EXPECT_EQ(db.Int("SELECT count(*) FROM t"), 1);
   fault::Arm(0, fault::Kind::kBusy);  // count the base calls only
   EXPECT_EQ(sqlite3_exec(db.get(), "INSERT INTO t VALUES (3)", nullptr, nullptr, nullptr),
             SQLITE_BUSY);
-  EXPECT_EQ(fault::MaxCalls(), 1) << "the refused RESERVED was retried against the base";
+  const int64_t calls = fault::MaxCalls();
   fault::Disarm();
   db.Must("ROLLBACK");
   other.Must("COMMIT");
   EXPECT_EQ(db.Int("SELECT count(*) FROM t"), 2);
+  return calls;
 }
 
-// The same in WAL mode: a read transaction's first write, refused by the base lock (here
-// another connection holds WAL WRITE; across processes, normally another process's writer),
-// fails at once as in stock SQLite. Retrying it (meant for a
-// reader's recovery-check blip on WRITE, and kept for a transaction that held the turn before)
-// cannot help such an upgrade: once that writer commits, this read transaction's snapshot is
-// stale and it fails with SQLITE_BUSY_SNAPSHOT anyway. Meanwhile it kept the in-process turn
-// from every other local upgrade for ~10 ms (bench_xproc's deferred section, WAL 4x4: 4-5
-// points more failures than stock). Would catch that retry coming back (about ten calls).
+// Rollback: retrying the refused RESERVED (as a WAL WRITE blip is retried) held this
+// connection's SHARED lock for ~10 ms while that writer's commit waited for every SHARED lock
+// to go, and cross-process deferred read-then-write failed 30-70% more often than stock.
+// Would catch the retry coming back for RESERVED (it makes about ten base calls).
+TEST(BaseRefusal, RollbackUpgradeRefusedByAnotherWriterIsOneBaseCall) {
+  ASSERT_NE(A(), nullptr);
+  EXPECT_EQ(BaseCallsOfRefusedUpgrade("delete"), 1)
+      << "the refused RESERVED was retried against the base";
+}
+
+// WAL: the retry is meant for a reader's recovery-check blip on WRITE, and kept for a
+// transaction that held the turn before; it cannot help a read transaction's first write:
+// once that writer commits, the snapshot is stale and it fails with SQLITE_BUSY_SNAPSHOT
+// anyway. Meanwhile it kept the in-process turn from every other local upgrade for ~10 ms
+// (bench_xproc's deferred section, WAL 4x4: 4-5 points more failures than stock). Would catch
+// that retry coming back (about ten calls).
 TEST(BaseRefusal, WalUpgradeRefusedByAnotherWriterIsOneBaseCall) {
   ASSERT_NE(A(), nullptr);
-  sctest::TempDir dir;
-  const std::string path = dir.File("w.db");
-  sctest::Db db(path);
-  db.Must("PRAGMA journal_mode=wal; CREATE TABLE t(x); INSERT INTO t VALUES (1)");
-  sctest::Db other(path, "unix");  // a writer safeconc does not coordinate (as another process)
-  other.Must("BEGIN IMMEDIATE; INSERT INTO t VALUES (2)");
-  db.Must("BEGIN");
-  EXPECT_EQ(db.Int("SELECT count(*) FROM t"), 1);
-  fault::Arm(0, fault::Kind::kBusy);  // count the base calls only
-  EXPECT_EQ(sqlite3_exec(db.get(), "INSERT INTO t VALUES (3)", nullptr, nullptr, nullptr),
-            SQLITE_BUSY);
-  EXPECT_EQ(fault::MaxCalls(), 1) << "the refused WAL WRITE was retried against the base";
-  fault::Disarm();
-  db.Must("ROLLBACK");
-  other.Must("COMMIT");
-  EXPECT_EQ(db.Int("SELECT count(*) FROM t"), 2);
+  EXPECT_EQ(BaseCallsOfRefusedUpgrade("wal"), 1)
+      << "the refused WAL WRITE was retried against the base";
 }
 
 // What the base retry is for stays: a WAL write whose turn was held from before (here taken
