@@ -112,7 +112,7 @@ void DropReason(ShimFile* p, unsigned reason) {
 void EndPastHolder(ShimFile* p) {
   if (!p->past_holder) return;
   p->past_holder = false;
-  Xp(p).Release(p->handle_id);  // if it took the shared turn (TakeTurnForWrite)
+  Xp(p).Release(p->handle_id);  // if it took the shared turn (WriteStart)
   Coord(p).EndPast(p->ticket.get());
   Xp(p).NotifyChange();
 }
@@ -259,10 +259,6 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry) {
       // coordinator grants the turn to nobody else: a read-then-write that takes it
       // (safeconc_txn=immediate) must not meet this write lock at its own write.
       p->past_holder = true;
-      // The shared turn too, if another process does not hold it (this process's, the
-      // holder's, passes to this handle): another process's read-then-write must not take it
-      // and then meet this write lock at its own write.
-      UpgradeShared(p, tid);
       return SQLITE_OK;
     }
     c.FastFail(t);
@@ -371,6 +367,12 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
     const int rc = attempt();
     if (rc == SQLITE_OK) {
       p->upgraded = true;
+      // The shared turn too, if another process does not hold it (this process's, the
+      // holder's, passes to this handle): another process's read-then-write must not take it
+      // and then meet this write lock at its own write. Only once the write lock is this
+      // handle's: taken before, a holder that won the base race would have lost its shared
+      // turn to a pass that then ended.
+      UpgradeShared(p, CurrentThreadId());
       ClearRefusal(p);
       return SQLITE_OK;
     }
