@@ -337,12 +337,8 @@ void Coordinator::Close(Ticket* t) {
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
   if (readers_.Contains(&p)) readers_.Remove(&p);  // the generation is bumped below
-  if (past_ == t) {  // closed with its pass under way (SQLite unlocks first): end it
-    past_ = nullptr;
-    UpdateHintLocked();
-    if (holder_ == nullptr) WakeNextLocked(now);
-  }
-  if (holder_ == t) {  // SQLite unlocks before closing; stay safe if it did not
+  if (past_ == t) EndPastLocked(now);  // closed with its pass under way (SQLite unlocks first)
+  if (holder_ == t) {                  // SQLite unlocks before closing; stay safe if it did not
     ClearHolderLocked();
     OnFreeLocked(now);
   } else if (was_reserved && holder_ == nullptr) {
@@ -398,10 +394,14 @@ bool Coordinator::GoPastHolder(Ticket* t) {
 void Coordinator::EndPast(Ticket* t) {
   MutexLock l(&mu_);
   if (past_ != t) return;
+  EndPastLocked(Clock::now());
+  BumpGenerationLocked();
+}
+
+void Coordinator::EndPastLocked(Clock::time_point now) {
   past_ = nullptr;
   UpdateHintLocked();
-  if (holder_ == nullptr) WakeNextLocked(Clock::now());
-  BumpGenerationLocked();
+  if (holder_ == nullptr) WakeNextLocked(now);
 }
 
 bool Coordinator::HolderLastOnThread(Ticket* t, uint64_t tid) {

@@ -192,6 +192,8 @@ class Coordinator {
   void OnFreeLocked(Clock::time_point now) SC_REQUIRES(mu_);
   // The wake-up part of OnFreeLocked (also when a pass ends: not a release).
   void WakeNextLocked(Clock::time_point now) SC_REQUIRES(mu_);
+  // Ends the pass under way (EndPast, Close): the turn may be granted again.
+  void EndPastLocked(Clock::time_point now) SC_REQUIRES(mu_);
   // Revokes a pre-read turn held longer than timing::kPreReadLease.
   void RevokeStaleLocked(Clock::time_point now) SC_REQUIRES(mu_);
   // Puts t in line: a new arrival at the back, a retry (queued and seen lately) in its place.
