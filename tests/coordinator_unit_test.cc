@@ -54,6 +54,7 @@ void WaitUntil(const std::function<bool()>& cond) {
 
 using Ask = Coordinator::Ask;
 using Grant = Coordinator::Grant;
+using Deferral = Coordinator::Deferral;
 constexpr Clock::duration kFifo = milliseconds(0);
 constexpr Clock::duration kNeverFair = milliseconds(600000);
 
@@ -288,6 +289,74 @@ TEST(CoordinatorLine, UpgradeGoesPastOnlyAHolderWhoseWriteIsRetried) {
   EXPECT_FALSE(f.c->HolderLastOnThread(other, 7));
   EXPECT_EQ(f.c->TryTurn(other, Ask::kWrite, 2, kFifo, /*queue=*/false), Grant::kGranted);
   f.c->ReleaseTurn(other);
+}
+
+// Rollback mode: a writer about to take its write lock for a write SQLite retries defers to the
+// explicit read transactions of other connections (DeferToReadTxns), until they end, one of
+// them goes past it to write, or its bound. Would catch a writer that waits for autocommit
+// reads, for itself, for a reader last used on its own thread (it would wait for itself), for
+// read transactions begun after it came, or that goes on waiting after a pass or a reader's
+// end.
+TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
+  Fixture f;
+  Ticket *writer = f.New(), *txn = f.New(), *autocommit = f.New(), *third = f.New();
+  const Clock::time_point never = In(milliseconds(600000));
+  EXPECT_FALSE(f.c->ReadTxnsOpen());
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 1, never));  // no reader at all
+  f.c->ReaderEnter(autocommit);  // an autocommit SELECT's read
+  EXPECT_FALSE(f.c->ReadTxnsOpen());
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 1, never));
+  txn->last_tid = 2;
+  f.c->ReaderEnter(txn, /*read_txn=*/true);  // BEGIN; SELECT
+  EXPECT_TRUE(f.c->ReadTxnsOpen());
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(txn, 2, never));     // not for itself
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 2, never));  // its own thread's reader
+  // Bounded: a read transaction that never ends holds the writer up to its deadline only.
+  EXPECT_EQ(Deferral::kWaited, f.c->DeferToReadTxns(writer, 1, In(milliseconds(20))));
+
+  // The reader's end lets the writer go.
+  std::atomic<bool> done{false};
+  std::thread w([&] {
+    EXPECT_EQ(f.c->DeferToReadTxns(writer, 1, never), Deferral::kWaited);
+    done = true;
+  });
+  WaitUntil([&] { return f.Stat("deferring") == 1; });
+  EXPECT_FALSE(done.load());
+  // A read transaction begun meanwhile is not waited for (with reads overlapping, a writer
+  // that waited for newcomers too would wait its whole bound at every write).
+  f.c->ReaderEnter(third, /*read_txn=*/true);
+  f.c->ReaderLeave(txn);
+  w.join();
+  f.c->ReaderLeave(third);
+  EXPECT_FALSE(f.c->ReadTxnsOpen());
+  EXPECT_EQ(f.Stat("read_txns"), 0);
+
+  // So does the reader's write: it goes past the writer, which holds the turn for a write
+  // SQLite retries, and the writer's base lock request then meets that write lock.
+  f.c->ReaderEnter(txn, /*read_txn=*/true);
+  writer->write_retried = true;
+  Take(f, writer, 1);
+  done = false;
+  std::thread w2([&] {
+    EXPECT_EQ(f.c->DeferToReadTxns(writer, 1, never), Deferral::kPassed);
+    done = true;
+  });
+  WaitUntil([&] { return f.Stat("deferring") == 1; });
+  ASSERT_TRUE(f.c->GoPastHolder(txn));
+  w2.join();
+  // While the pass lasts, nobody defers to the other read transactions: the pass's commit
+  // waits for their read locks, and a writer that held its own would hold up that commit.
+  f.c->ReaderEnter(third, /*read_txn=*/true);
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 1, never));
+  f.c->EndPast(txn);
+  f.c->ReleaseTurn(writer);
+  // A reader that closes with its read lock held (SQLite unlocks first) stops counting.
+  f.c->Close(third);
+  f.c->ReaderLeave(txn);
+  f.c->ReaderLeave(autocommit);
+  EXPECT_FALSE(f.c->ReadTxnsOpen());
+  EXPECT_EQ(f.Stat("reader_deferrals"), 3);
+  EXPECT_EQ(f.Stat("deferring"), 0);
 }
 
 // A waiter gives up at its deadline and leaves the line; the next one is still served.

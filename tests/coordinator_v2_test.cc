@@ -223,6 +223,74 @@ TEST_P(CoordinatorV2ReadThenWrite, ImmediateNeverFailsBesideWritersAndUpgrades) 
   EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
 }
 
+class CoordinatorV2ReaderDeference : public V2Fixture, public testing::Test {};
+
+// Rollback mode: an autocommit INSERT about to take its write lock while another connection
+// has BEGIN; SELECT open waits for that read transaction (up to its safeconc_fair_ms, here
+// 1 s so a loaded machine cannot end the wait first), and when the read transaction writes,
+// the write goes past it and succeeds; the INSERT is retried after it. Stock SQLite fails that
+// write whenever a writer took RESERVED first, and writers handed the turn at once took it
+// every time. Would catch a writer that does not defer (the read transaction's INSERT fails
+// with SQLITE_BUSY after the wait below gives up), or one whose own base lock request races
+// the pass's (the INSERT then fails in some runs).
+TEST_F(CoordinatorV2ReaderDeference, ReadTransactionWritesPastAWaitingWriter) {
+  Create("delete");
+  sctest::Db reader(uri_);
+  sqlite3_busy_timeout(reader.get(), 5000);
+  reader.Must("BEGIN");
+  EXPECT_EQ(reader.Int("SELECT count(*) FROM t"), 3);
+  int writer_rc = -1;
+  std::string writer_error;
+  std::thread writer([&] {
+    sctest::Db db(uri_ + "?safeconc_fair_ms=1000");
+    sqlite3_busy_timeout(db.get(), 5000);
+    writer_rc = sqlite3_exec(db.get(), "INSERT INTO t VALUES('writer')", nullptr, nullptr, nullptr);
+    if (writer_rc != SQLITE_OK) writer_error = db.error();
+  });
+  // Until the writer defers (bounded: without the deferral it never does, and the writer then
+  // holds RESERVED, waiting at its commit for this read lock).
+  sctest::Db watch(uri_);
+  for (int i = 0; i < 2000; ++i) {
+    const std::string stats = watch.Text("PRAGMA safeconc_stats");
+    if (CoordinatorStat(stats, "debug.deferring").value_or(0) == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const int rc =
+      sqlite3_exec(reader.get(), "INSERT INTO t VALUES('reader')", nullptr, nullptr, nullptr);
+  EXPECT_EQ(rc, SQLITE_OK) << reader.error();
+  if (rc == SQLITE_OK) {
+    reader.Must("COMMIT");
+  } else {
+    reader.Must("ROLLBACK");
+  }
+  writer.join();
+  EXPECT_EQ(writer_rc, SQLITE_OK) << writer_error;
+  EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 5);
+  const std::string stats = watch.Text("PRAGMA safeconc_stats");
+  EXPECT_EQ(CoordinatorStat(stats, "reader_deferrals"), 1) << stats;
+  EXPECT_EQ(CoordinatorStat(stats, "upgrade_passes"), 1) << stats;
+  EXPECT_EQ(CoordinatorStat(stats, "debug.read_txns"), 0) << stats;
+}
+
+// A writer does not defer to a read transaction last used on its own thread (an application
+// that reads in one connection and writes in another on the same thread): it would wait for
+// itself. Its write then fails at the commit as in stock SQLite, after its busy timeout, not
+// after an extra safeconc_fair_ms. Would catch the deferral counted, or the wait added.
+TEST_F(CoordinatorV2ReaderDeference, NotToAReadTransactionOfItsOwnThread) {
+  Create("delete");
+  sctest::Db reader(uri_);
+  reader.Must("BEGIN");
+  EXPECT_EQ(reader.Int("SELECT count(*) FROM t"), 3);
+  sctest::Db writer(uri_ + "?safeconc_fair_ms=1000");
+  sqlite3_busy_timeout(writer.get(), 50);
+  EXPECT_EQ(sqlite3_exec(writer.get(), "INSERT INTO t VALUES(4)", nullptr, nullptr, nullptr) & 0xff,
+            SQLITE_BUSY);
+  reader.Must("COMMIT");
+  const std::string stats = reader.Text("PRAGMA safeconc_stats");
+  EXPECT_EQ(CoordinatorStat(stats, "reader_deferrals"), 0) << stats;
+  EXPECT_EQ(reader.Int("SELECT count(*) FROM t"), 3);
+}
+
 // ---- 2. A transaction continued by another thread -----------------------------------------
 
 struct HandoffParam {

@@ -336,7 +336,7 @@ void Coordinator::Close(Ticket* t) {
   p.open = false;
   const bool was_reserved = reserved_ == t;
   RemoveLocked(t);
-  if (readers_.Contains(&p)) readers_.Remove(&p);  // the generation is bumped below
+  if (readers_.Contains(&p)) RemoveReaderLocked(p);  // the generation is bumped below
   if (past_ == t) EndPastLocked(now);  // closed with its pass under way (SQLite unlocks first)
   if (holder_ == t) {                  // SQLite unlocks before closing; stay safe if it did not
     ClearHolderLocked();
@@ -354,18 +354,56 @@ bool Coordinator::IsOpen(Ticket* t) {
 
 // ---- Readers ---------------------------------------------------------------------------
 
-void Coordinator::ReaderEnter(Ticket* t) {
+void Coordinator::ReaderEnter(Ticket* t, bool read_txn) {
   MutexLock l(&mu_);
   Place& p = Of(t);
-  if (!readers_.Contains(&p)) readers_.PushFront(&p);
+  if (readers_.Contains(&p)) return;
+  readers_.PushFront(&p);
+  p.read_txn = read_txn;
+  p.read_seq = ++read_seq_;
+  if (read_txn && ++read_txns_ == 1) read_txns_hint_.store(true, std::memory_order_relaxed);
 }
 
 void Coordinator::ReaderLeave(Ticket* t) {
   MutexLock l(&mu_);
   Place& p = Of(t);
   if (!readers_.Contains(&p)) return;
-  readers_.Remove(&p);
+  RemoveReaderLocked(p);
   BumpGenerationLocked();
+}
+
+void Coordinator::RemoveReaderLocked(Place& p) {
+  readers_.Remove(&p);
+  if (p.read_txn && --read_txns_ == 0) read_txns_hint_.store(false, std::memory_order_relaxed);
+  p.read_txn = false;
+}
+
+bool Coordinator::ReadTxnBlocksLocked(Ticket* t, uint64_t tid, uint64_t seq) const {
+  if (read_txns_ == 0 || past_ != nullptr) return false;
+  for (Place* r = readers_.front(); r != nullptr; r = readers_.Next(r)) {
+    if (r->read_txn && r->read_seq <= seq && r->ticket != t &&
+        r->ticket->last_tid.load(std::memory_order_relaxed) != tid) {
+      return true;
+    }
+  }
+  return false;
+}
+
+Coordinator::Deferral Coordinator::DeferToReadTxns(Ticket* t, uint64_t tid,
+                                                   Clock::time_point until) {
+  MutexLock l(&mu_);
+  const uint64_t seq = read_seq_;  // the read transactions open now
+  if (!ReadTxnBlocksLocked(t, tid, seq)) return Deferral::kNone;
+  ++stats_.deferrals;
+  ++deferring_;
+  // Woken by every reader's release and by a pass (both bump the generation).
+  while (past_ == nullptr && ReadTxnBlocksLocked(t, tid, seq) && Clock::now() < until) {
+    ++change_waiters_;
+    changed_.WaitUntil(&mu_, until);
+    --change_waiters_;
+  }
+  --deferring_;
+  return past_ != nullptr ? Deferral::kPassed : Deferral::kWaited;
 }
 
 void Coordinator::CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* on_tid) {
@@ -388,6 +426,7 @@ bool Coordinator::GoPastHolder(Ticket* t) {
   past_ = t;
   ++stats_.upgrade_passes;
   UpdateHintLocked();
+  BumpGenerationLocked();  // a writer deferring to t's read transaction stops (DeferToReadTxns)
   return true;
 }
 
@@ -526,6 +565,7 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("barges", static_cast<int64_t>(stats_.barges))
       .Field("upgrade_barges", static_cast<int64_t>(stats_.upgrade_barges))
       .Field("upgrade_passes", static_cast<int64_t>(stats_.upgrade_passes))
+      .Field("reader_deferrals", static_cast<int64_t>(stats_.deferrals))
       .Field("max_overtaken_wait_us", stats_.max_overtaken_wait_us)
       .Field("handoffs", static_cast<int64_t>(stats_.handoffs))
       .Field("claim_lapsed", static_cast<int64_t>(stats_.claim_lapsed))
@@ -547,6 +587,8 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("parked", parked_)
       .Field("readers_walked", walked_readers)
       .Field("change_waiters", static_cast<int64_t>(change_waiters_ + one_waiters_))
+      .Field("read_txns", read_txns_)
+      .Field("deferring", deferring_)
       .EndObject()
       .Key("write_turn");
   if (holder_ == nullptr) {

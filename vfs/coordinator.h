@@ -125,8 +125,9 @@ class Coordinator {
   // False once t's file closed.
   bool IsOpen(Ticket* t) SC_EXCLUDES(mu_);
 
-  // Rollback-mode readers (SHARED holders), for commit waits and diagnostics.
-  void ReaderEnter(Ticket* t) SC_EXCLUDES(mu_);
+  // Rollback-mode readers (SHARED holders), for commit waits and diagnostics. `read_txn`: the
+  // SHARED lock of an explicit transaction's read (BEGIN; SELECT), which may yet write.
+  void ReaderEnter(Ticket* t, bool read_txn = false) SC_EXCLUDES(mu_);
   void ReaderLeave(Ticket* t) SC_EXCLUDES(mu_);
   // Other readers than t, and how many of them were last used on thread tid.
   void CountOtherReaders(Ticket* t, uint64_t tid, int* others, int* on_tid) SC_EXCLUDES(mu_);
@@ -147,6 +148,22 @@ class Coordinator {
   // the holder and holds the base write lock outside the turn) whose latest lock call came from
   // thread tid: waiting for it may wait for ourselves (reported; see lock_paths.cc).
   bool HolderLastOnThread(Ticket* t, uint64_t tid) SC_EXCLUDES(mu_);
+
+  // Rollback mode: t, about to take its write lock for a write SQLite retries, waits until
+  // `until` while a read transaction (an explicit transaction's SHARED lock) that another
+  // connection of this process had open when t came here is still open (one last used on
+  // thread tid does not count: it may be this thread's own), and stops as soon as none of
+  // them is left or one of them goes past t to write (GoPastHolder). Read transactions begun
+  // meanwhile are not waited for: t's commit would wait for those it found anyway, so t loses
+  // almost nothing, where waiting for newcomers too would stall it while reads overlap. Such a read
+  // transaction that then writes fails once t holds the write lock, and t's commit must wait
+  // for it to end anyway. kPassed: it stopped for a pass, whose base lock request must not
+  // meet t's (t's request would be refused, or win the race and fail the pass).
+  enum class Deferral { kNone, kWaited, kPassed };
+  Deferral DeferToReadTxns(Ticket* t, uint64_t tid, Clock::time_point until) SC_EXCLUDES(mu_);
+  // A racy hint for the write path: might a read transaction be open? (Relaxed, as
+  // Contended(): a stale "no" only skips one deferral.)
+  bool ReadTxnsOpen() const { return read_txns_hint_.load(std::memory_order_relaxed); }
 
   // A counter bumped on every release (turn or read lock); waiters for "something was
   // released" wait for it to change.
@@ -218,6 +235,8 @@ class Coordinator {
     Ticket* const ticket;         // the ticket this is the place of (constant)
     ListLink<Place> line_link;    // in line_ while queued
     ListLink<Place> reader_link;  // in readers_ while it holds SHARED (rollback)
+    bool read_txn = false;        // in readers_ for an explicit transaction's read
+    uint64_t read_seq = 0;        // when it entered readers_ (DeferToReadTxns' snapshot)
     bool open = true;             // false once the file closed
     int parked = 0;               // threads of this handle waiting on cv right now (0 or 1)
     Clock::time_point arrived;    // when the current request first queued
@@ -227,6 +246,8 @@ class Coordinator {
   };
   friend class Ticket;  // holds its Place
   Place& Of(Ticket* t) const SC_REQUIRES(mu_);
+  void RemoveReaderLocked(Place& p) SC_REQUIRES(mu_);
+  bool ReadTxnBlocksLocked(Ticket* t, uint64_t tid, uint64_t seq) const SC_REQUIRES(mu_);
 
   Mutex mu_;
   // The write turn.
@@ -246,6 +267,10 @@ class Coordinator {
   int64_t parked_ SC_GUARDED_BY(mu_) = 0;
   // Readers (rollback mode).
   IntrusiveList<Place, &Place::reader_link> readers_ SC_GUARDED_BY(mu_);
+  int64_t read_txns_ SC_GUARDED_BY(mu_) = 0;  // readers_ with read_txn set
+  uint64_t read_seq_ SC_GUARDED_BY(mu_) = 0;  // bumped by every ReaderEnter
+  int64_t deferring_ SC_GUARDED_BY(mu_) = 0;  // writers in DeferToReadTxns now
+  std::atomic<bool> read_txns_hint_{false};   // read_txns_ > 0 (see ReadTxnsOpen())
   // Release notifications.
   uint64_t generation_ SC_GUARDED_BY(mu_) = 0;
   int change_waiters_ SC_GUARDED_BY(mu_) = 0;
@@ -265,6 +290,7 @@ class Coordinator {
     uint64_t barges = 0;                // grants ahead of a live waiter
     uint64_t upgrade_barges = 0;        // of which upgrades past a waiter at its bound
     uint64_t upgrade_passes = 0;        // upgrades that asked the base past a holder
+    uint64_t deferrals = 0;             // writers that waited for read transactions
     int64_t max_overtaken_wait_us = 0;  // longest wait of a waiter at a barge (not upgrades)
     uint64_t handoffs = 0;              // grants of a reserved turn
     uint64_t claim_lapsed = 0;          // reservations that lapsed unclaimed
