@@ -299,7 +299,8 @@ TEST(CoordinatorLine, UpgradeGoesPastOnlyAHolderWhoseWriteIsRetried) {
 // end.
 TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
   Fixture f;
-  Ticket *writer = f.New(), *txn = f.New(), *autocommit = f.New(), *third = f.New();
+  Ticket *writer = f.New(), *txn = f.New(), *autocommit = f.New(), *third = f.New(),
+         *other = f.New();
   const Clock::time_point never = In(milliseconds(600000));
   EXPECT_FALSE(f.c->ReadTxnsOpen());
   EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 1, never));  // no reader at all
@@ -309,7 +310,7 @@ TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
   txn->last_tid = 2;
   f.c->ReaderEnter(txn, /*read_txn=*/true);  // BEGIN; SELECT
   EXPECT_TRUE(f.c->ReadTxnsOpen());
-  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(txn, 2, never));     // not for itself
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(txn, 1, never));     // not for itself
   EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 2, never));  // its own thread's reader
   // Bounded: a read transaction that never ends holds the writer up to its deadline only.
   EXPECT_EQ(Deferral::kWaited, f.c->DeferToReadTxns(writer, 1, In(milliseconds(20))));
@@ -345,9 +346,11 @@ TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
   ASSERT_TRUE(f.c->GoPastHolder(txn));
   w2.join();
   // While the pass lasts, nobody defers to the other read transactions: the pass's commit
-  // waits for their read locks, and a writer that held its own would hold up that commit.
+  // waits for their read locks, and a writer that held its own would hold up that commit. The
+  // holder passed before it came is told so at once (its base request would race the pass's).
   f.c->ReaderEnter(third, /*read_txn=*/true);
-  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 1, never));
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(other, 1, never));
+  EXPECT_EQ(Deferral::kPassed, f.c->DeferToReadTxns(writer, 1, never));
   f.c->EndPast(txn);
   f.c->ReleaseTurn(writer);
   // A reader that closes with its read lock held (SQLite unlocks first) stops counting.
@@ -356,7 +359,8 @@ TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
   f.c->ReaderLeave(autocommit);
   EXPECT_FALSE(f.c->ReadTxnsOpen());
   EXPECT_EQ(f.Stat("reader_deferrals"), 3);
-  EXPECT_EQ(f.Stat("deferring"), 0);
+  EXPECT_EQ(f.c->Rest().deferring, 0);
+  EXPECT_EQ(f.c->Rest().read_txns, 0);
 }
 
 // A waiter gives up at its deadline and leaves the line; the next one is still served.

@@ -231,8 +231,8 @@ class CoordinatorV2ReaderDeference : public V2Fixture, public testing::Test {};
 // the write goes past it and succeeds; the INSERT is retried after it. Stock SQLite fails that
 // write whenever a writer took RESERVED first, and writers handed the turn at once took it
 // every time. Would catch a writer that does not defer (the read transaction's INSERT fails
-// with SQLITE_BUSY after the wait below gives up), or one whose own base lock request races
-// the pass's (the INSERT then fails in some runs).
+// with SQLITE_BUSY after the wait below gives up), or one that goes on waiting after the pass
+// (the read transaction's COMMIT then waits for its SHARED lock until the bound).
 TEST_F(CoordinatorV2ReaderDeference, ReadTransactionWritesPastAWaitingWriter) {
   Create("delete");
   sctest::Db reader(uri_);
@@ -267,7 +267,8 @@ TEST_F(CoordinatorV2ReaderDeference, ReadTransactionWritesPastAWaitingWriter) {
   EXPECT_EQ(writer_rc, SQLITE_OK) << writer_error;
   EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 5);
   const std::string stats = watch.Text("PRAGMA safeconc_stats");
-  EXPECT_EQ(CoordinatorStat(stats, "reader_deferrals"), 1) << stats;
+  // Once at least (a retry that finds the reader between its two unlocks does not wait again).
+  EXPECT_GE(CoordinatorStat(stats, "reader_deferrals").value_or(0), 1) << stats;
   EXPECT_EQ(CoordinatorStat(stats, "upgrade_passes"), 1) << stats;
   EXPECT_EQ(CoordinatorStat(stats, "debug.read_txns"), 0) << stats;
 }
@@ -283,8 +284,12 @@ TEST_F(CoordinatorV2ReaderDeference, NotToAReadTransactionOfItsOwnThread) {
   EXPECT_EQ(reader.Int("SELECT count(*) FROM t"), 3);
   sctest::Db writer(uri_ + "?safeconc_fair_ms=1000");
   sqlite3_busy_timeout(writer.get(), 50);
+  const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(sqlite3_exec(writer.get(), "INSERT INTO t VALUES(4)", nullptr, nullptr, nullptr) & 0xff,
             SQLITE_BUSY);
+  // A deferral here would add the whole 1000 ms bound to the 50 ms timeout; 900 ms leaves
+  // room for a loaded machine.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(900));
   reader.Must("COMMIT");
   const std::string stats = reader.Text("PRAGMA safeconc_stats");
   EXPECT_EQ(CoordinatorStat(stats, "reader_deferrals"), 0) << stats;

@@ -143,7 +143,9 @@ class Sweep : public ::testing::Test {
                                    " json_extract(?1, '$.coordinator.debug.reserved'),"
                                    " json_extract(?1, '$.coordinator.debug.queue_walked'),"
                                    " json_extract(?1, '$.coordinator.debug.parked'),"
-                                   " json_extract(?1, '$.coordinator.debug.readers_walked')",
+                                   " json_extract(?1, '$.coordinator.debug.readers_walked'),"
+                                   " json_extract(?1, '$.coordinator.debug.read_txns'),"
+                                   " json_extract(?1, '$.coordinator.debug.deferring')",
                                    -1, &st, nullptr),
                 SQLITE_OK);
       sqlite3_bind_text(st, 1, json.c_str(), -1, SQLITE_TRANSIENT);
@@ -160,6 +162,8 @@ class Sweep : public ::testing::Test {
       EXPECT_EQ(sqlite3_column_int(st, 6), 0) << what << ": tickets linked; " << json;
       EXPECT_EQ(sqlite3_column_int(st, 7), 0) << what << ": threads parked; " << json;
       EXPECT_EQ(sqlite3_column_int(st, 8), 0) << what << ": readers linked; " << json;
+      EXPECT_EQ(sqlite3_column_int(st, 9), 0) << what << ": read transactions counted; " << json;
+      EXPECT_EQ(sqlite3_column_int(st, 10), 0) << what << ": writers deferring; " << json;
       sqlite3_finalize(st);
     }
     // Process-wide: only the sentinels' files are open (plus this checker's own), no UDF task

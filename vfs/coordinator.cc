@@ -274,13 +274,13 @@ void Coordinator::ReleaseTurn(Ticket* t) {
   BumpGenerationLocked();
 }
 
-void Coordinator::YieldTurnKeepPlace(Ticket* t) {
+void Coordinator::YieldTurnKeepPlace(Ticket* t, bool cross_process) {
   MutexLock l(&mu_);
   if (holder_ != t) return;
   const Clock::time_point now = Clock::now();
   ClearHolderLocked();
   --stats_.acquisitions;  // the grant did not stick
-  ++stats_.cross_process_busy;
+  if (cross_process) ++stats_.cross_process_busy;
   RemoveLocked(t);
   Of(t).arrived = now;
   Of(t).seen = now;
@@ -392,6 +392,9 @@ bool Coordinator::ReadTxnBlocksLocked(Ticket* t, uint64_t tid, uint64_t seq) con
 Coordinator::Deferral Coordinator::DeferToReadTxns(Ticket* t, uint64_t tid,
                                                    Clock::time_point until) {
   MutexLock l(&mu_);
+  // Passed already (by one of the read transactions, before t came here): its base request
+  // is under way or granted, and t's would race it or be refused.
+  if (past_ != nullptr && holder_ == t) return Deferral::kPassed;
   const uint64_t seq = read_seq_;  // the read transactions open now
   if (!ReadTxnBlocksLocked(t, tid, seq)) return Deferral::kNone;
   ++stats_.deferrals;
@@ -541,6 +544,8 @@ RestState Coordinator::Rest() {
   r.parked = parked_;
   r.readers = readers_.size();
   r.passing = past_ != nullptr;
+  r.read_txns = read_txns_;
+  r.deferring = deferring_;
   return r;
 }
 

@@ -78,6 +78,8 @@ struct RestState {
   int64_t parked = 0;     // threads waiting on a ticket
   int64_t readers = 0;    // rollback readers
   bool passing = false;   // an upgrade went past the holder (GoPastHolder), not yet ended
+  int64_t read_txns = 0;  // readers in explicit transactions (DeferToReadTxns)
+  int64_t deferring = 0;  // writers in DeferToReadTxns
 };
 
 class Coordinator {
@@ -111,7 +113,8 @@ class Coordinator {
   void ReleaseTurn(Ticket* t) SC_EXCLUDES(mu_);
   // The base lock refused a turn holder (another process has it): give the turn back but
   // stay first in line while t polls. Only for a request SQLite retries.
-  void YieldTurnKeepPlace(Ticket* t) SC_EXCLUDES(mu_);
+  // `cross_process`: counted as refused by another process (false: by a pass in this one).
+  void YieldTurnKeepPlace(Ticket* t, bool cross_process = true) SC_EXCLUDES(mu_);
   // Busy-handler side: parks until t may take the turn (kReady) or `until` (kTimedOut).
   // kNotQueued at once if t is not in line.
   enum class TurnWait { kReady, kTimedOut, kNotQueued };

@@ -319,9 +319,13 @@ void MaybeEndWalPeriod(ShimFile* p) {
 // read-then-write in one process, rollback, failed 3-6 points more of them than stock. True if one
 // of them went past this handle to write meanwhile: this handle's request is then refused as if by
 // the base lock (which the pass is taking), without racing it there.
+// Once per write: `deferred` stays set until the write lock is taken, so a request SQLite
+// retries (after a pass, or a refusal by another process) does not wait again, and the
+// connection's busy timeout is stretched by one bound at most.
 bool DeferToReadTxns(ShimFile* p) {
   const Clock::duration bound = Fair(p);
   if (bound <= Clock::duration::zero()) return false;
+  p->deferred = true;
   return Coord(p).DeferToReadTxns(p->ticket.get(), CurrentThreadId(), Clock::now() + bound) ==
          Coordinator::Deferral::kPassed;
 }
@@ -411,10 +415,21 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
   // 4 threads of deferred read-then-write in WAL failed 4-5 points more often than stock (about
   // 30% against 26%). Under shared cache (no caller) whether SQLite retries is unknown: kept.
   const bool retry = held || will_retry || Caller(p) == nullptr;
-  if (!wal && Coord(p).ReadTxnsOpen() && Caller(p) != nullptr &&
-      (will_retry || (held && p->ticket->write_retried.load(std::memory_order_relaxed))) &&
+  if (!wal && !p->deferred && Coord(p).ReadTxnsOpen() && Caller(p) != nullptr &&
+      (will_retry ||
+       (held && p->ticket->write_retried.load(std::memory_order_relaxed) && WillRetry(p))) &&
       DeferToReadTxns(p)) {
-    BaseRefused(p, lock, /*took=*/!held);
+    // One of those read transactions went past this handle to write (the pass takes the base
+    // lock): refused as by that lock. SQLite drops this connection's SHARED lock (the pass's
+    // commit waits for it) and retries; a turn taken for this request keeps first place, and
+    // the busy handler waits on it, woken when the pass ends.
+    if (!held) {
+      Coord(p).YieldTurnKeepPlace(p->ticket.get(), /*cross_process=*/false);
+      Xp(p).Release(p->handle_id);
+      NoteRefusal(p, lock, BusyKind::kTurn);
+    } else {
+      NoteRefusal(p, lock, BusyKind::kCross);
+    }
     return SQLITE_BUSY;
   }
   const int rc = BaseForTurnHolder(attempt, /*retry_blips=*/wal && retry);
@@ -428,6 +443,7 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
   }
   ClearRefusal(p);
   TakeReason(p, kReasonWrite);
+  p->deferred = false;
   // Its write lock is taken: a later write of this lock period (another statement while a
   // cursor steps, say) is not the retried first write the flag was set for.
   p->ticket->write_retried.store(false, std::memory_order_relaxed);

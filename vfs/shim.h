@@ -69,6 +69,9 @@ struct ShimFile {
   // (Coordinator::GoPastHolder) asked the base itself, as stock SQLite would, and holds
   // the base write lock without the turn until it releases it (lock_paths.cc, WriteStart).
   bool past_holder = false;
+  // This write already waited for open read transactions (DeferToReadTxns in lock_paths.cc):
+  // its retries do not wait again. Cleared once its write lock is taken.
+  bool deferred = false;
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
   // The current refused request, until it is granted or fails (owned by vfs/refusal.cc).
