@@ -312,6 +312,8 @@ TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
   EXPECT_TRUE(f.c->ReadTxnsOpen());
   EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(txn, 1, never));     // not for itself
   EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 2, never));  // its own thread's reader
+  // A retry (its deadline already past) does not wait again.
+  EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(writer, 1, Clock::now()));
   // Bounded: a read transaction that never ends holds the writer up to its deadline only.
   EXPECT_EQ(Deferral::kWaited, f.c->DeferToReadTxns(writer, 1, In(milliseconds(20))));
 
@@ -351,6 +353,7 @@ TEST(CoordinatorLine, WriterDefersToReadTransactionsUntilTheyEndOrWrite) {
   f.c->ReaderEnter(third, /*read_txn=*/true);
   EXPECT_EQ(Deferral::kNone, f.c->DeferToReadTxns(other, 1, never));
   EXPECT_EQ(Deferral::kPassed, f.c->DeferToReadTxns(writer, 1, never));
+  EXPECT_EQ(Deferral::kPassed, f.c->DeferToReadTxns(writer, 1, Clock::now()));  // a retry too
   f.c->EndPast(txn);
   f.c->ReleaseTurn(writer);
   // A reader that closes with its read lock held (SQLite unlocks first) stops counting.

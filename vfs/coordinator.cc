@@ -395,7 +395,8 @@ Coordinator::Deferral Coordinator::DeferToReadTxns(Ticket* t, uint64_t tid,
   // Passed already (by one of the read transactions, before t came here): its base request
   // is under way or granted, and t's would race it or be refused.
   if (past_ != nullptr && holder_ == t) return Deferral::kPassed;
-  const uint64_t seq = read_seq_;  // the read transactions open now
+  if (Clock::now() >= until) return Deferral::kNone;  // a retry: only the pass is looked for
+  const uint64_t seq = read_seq_;                     // the read transactions open now
   if (!ReadTxnBlocksLocked(t, tid, seq)) return Deferral::kNone;
   ++stats_.deferrals;
   ++deferring_;
@@ -442,6 +443,9 @@ void Coordinator::EndPast(Ticket* t) {
 
 void Coordinator::EndPastLocked(Clock::time_point now) {
   past_ = nullptr;
+  // A turn reserved during the pass (a holder it refused, YieldTurnKeepPlace) is claimable
+  // from now: its lease would otherwise have run while nobody could claim it.
+  if (reserved_ != nullptr) reserved_until_ = std::max(reserved_until_, now + timing::kClaimLease);
   UpdateHintLocked();
   if (holder_ == nullptr) WakeNextLocked(now);
 }

@@ -160,8 +160,9 @@ class Coordinator {
   // meanwhile are not waited for: t's commit would wait for those it found anyway, so t loses
   // almost nothing, where waiting for newcomers too would stall it while reads overlap. Such a read
   // transaction that then writes fails once t holds the write lock, and t's commit must wait
-  // for it to end anyway. kPassed: it stopped for a pass, whose base lock request must not
-  // meet t's (t's request would be refused, or win the race and fail the pass).
+  // for it to end anyway. kPassed: t was passed (before it came or while it waited), and the
+  // pass's base lock request must not meet t's (t's would be refused, or win the race and fail
+  // the pass). `until` already past: only looks for a pass (a retry, or safeconc_fair_ms=0).
   enum class Deferral { kNone, kWaited, kPassed };
   Deferral DeferToReadTxns(Ticket* t, uint64_t tid, Clock::time_point until) SC_EXCLUDES(mu_);
   // A racy hint for the write path: might a read transaction be open? (Relaxed, as

@@ -319,15 +319,17 @@ void MaybeEndWalPeriod(ShimFile* p) {
 // read-then-write in one process, rollback, failed 3-6 points more of them than stock. True if one
 // of them went past this handle to write meanwhile: this handle's request is then refused as if by
 // the base lock (which the pass is taking), without racing it there.
-// Once per write: `deferred` stays set until the write lock is taken, so a request SQLite
-// retries (after a pass, or a refusal by another process) does not wait again, and the
-// connection's busy timeout is stretched by one bound at most.
+// Once per write: `deferred` stays set until the write lock is taken or a new statement
+// starts, so a request SQLite retries (after a pass, or a refusal by another process) does not
+// wait again, and the connection's busy timeout is stretched by one bound at most. A retry, or
+// a connection with safeconc_fair_ms=0, still learns of a pass at once.
 bool DeferToReadTxns(ShimFile* p) {
-  const Clock::duration bound = Fair(p);
-  if (bound <= Clock::duration::zero()) return false;
-  p->deferred = true;
-  return Coord(p).DeferToReadTxns(p->ticket.get(), CurrentThreadId(), Clock::now() + bound) ==
-         Coordinator::Deferral::kPassed;
+  const Clock::time_point now = Clock::now();
+  const Clock::time_point until = p->deferred ? now : now + Fair(p);
+  const Coordinator::Deferral d =
+      Coord(p).DeferToReadTxns(p->ticket.get(), CurrentThreadId(), until);
+  if (d == Coordinator::Deferral::kWaited) p->deferred = true;
+  return d == Coordinator::Deferral::kPassed;
 }
 
 // Calls the base for a lock the coordinator granted. In WAL mode the base may still refuse
@@ -415,7 +417,7 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
   // 4 threads of deferred read-then-write in WAL failed 4-5 points more often than stock (about
   // 30% against 26%). Under shared cache (no caller) whether SQLite retries is unknown: kept.
   const bool retry = held || will_retry || Caller(p) == nullptr;
-  if (!wal && !p->deferred && Coord(p).ReadTxnsOpen() && Caller(p) != nullptr &&
+  if (!wal && Coord(p).ReadTxnsOpen() && Caller(p) != nullptr &&
       (will_retry ||
        (held && p->ticket->write_retried.load(std::memory_order_relaxed) && WillRetry(p))) &&
       DeferToReadTxns(p)) {
@@ -528,6 +530,8 @@ int LockPathLock(ShimFile* p, int level) {
   int rc;
   if (level == SQLITE_LOCK_SHARED && p->level == SQLITE_LOCK_NONE) {
     // A lock period starts (rollback mode; in WAL mode the first read of the connection).
+    // A new request, not a retry of a refused one: its write may defer again.
+    if (!RefusalActive(p)) p->deferred = false;
     bool took = false;
     if (p->turn_reasons == 0 && TxnWantsTurn(p)) took = TakeTurnForTxn(p, "SHARED", false);
     sqlite3* db = Caller(p);
