@@ -172,6 +172,57 @@ TEST(CoordinatorV2SharedCache, TriggersDdlAndInsertsFinishWithoutHang) {
   EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
 }
 
+// Proves connections of one shared cache opened and closed while others of the cache write
+// (rollback mode: SQLite's threadtest3 create_drop_index_1, five threads of open, DROP/CREATE
+// INDEX, SELECT, close) end without a hang and with no error but SQLITE_LOCKED. Catches two
+// bugs that test found: SQLITE_FCNTL_PDB, which SQLite sends outside the shared btree's mutex,
+// counted as a call overlapping another thread's lock call (which then failed with
+// SQLITE_MISUSE); and a connection opened at the address of a closed one (malloc reuses it)
+// that was taken for the file's only connection, so a lock call asked sqlite3_txn_state of
+// another connection, whose mutex its thread held while it waited for the btree's: a deadlock.
+TEST(CoordinatorV2SharedCache, ConnectionsOpenedAndClosedUnderDdlNeverMisuseOrHang) {
+  sctest::LoadExtension();
+  sctest::TempDir dir;
+  const std::string path = dir.File("churn.db");
+  {
+    sctest::Db db(path);
+    db.Must(
+        "CREATE TABLE t11(a, b, c, d); WITH data(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM "
+        "data WHERE x<100) INSERT INTO t11 SELECT x,x,x,x FROM data;");
+  }
+  const int64_t misuse_before = [&] {
+    sctest::Db db(":memory:");
+    return db.Int("SELECT json_extract(safeconc_stats(), '$.misuse.total')");
+  }();
+  Watchdog watchdog(std::chrono::seconds(kSanitized ? 240 : 60), "the shared-cache churn");
+  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_SHAREDCACHE;
+  const auto stop = std::chrono::steady_clock::now() + std::chrono::milliseconds(Scaled(4000));
+  std::atomic<int> rounds{0};
+  FirstError first;
+  RunTogether(5, [&](int, auto wait_for_all) {
+    wait_for_all();
+    while (std::chrono::steady_clock::now() < stop) {
+      sqlite3* db = Open(path, nullptr, flags);
+      const int rc = sqlite3_exec(db,
+                                  "DROP INDEX IF EXISTS i1; DROP INDEX IF EXISTS i2;"
+                                  "CREATE INDEX IF NOT EXISTS i1 ON t11(a);"
+                                  "CREATE INDEX IF NOT EXISTS i2 ON t11(b);"
+                                  "SELECT * FROM t11 ORDER BY a; SELECT * FROM t11 ORDER BY b;",
+                                  nullptr, nullptr, nullptr);
+      if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_LOCKED) {
+        first.Add(std::string(sqlite3_errmsg(db)) + " (" + std::to_string(rc) + ")");
+      }
+      sqlite3_close(db);
+      rounds.fetch_add(1);
+    }
+  });
+  printf("[ shared-cache churn ] %d rounds\n", rounds.load());
+  EXPECT_EQ(first.Get(), "");
+  sctest::Db db(path);
+  EXPECT_EQ(db.Int("SELECT json_extract(safeconc_stats(), '$.misuse.total')"), misuse_before);
+  EXPECT_EQ(db.Text("PRAGMA integrity_check"), "ok");
+}
+
 // ---- 6. node:sqlite's default: busy_timeout(0) after open ---------------------------------
 
 // Proves WAL autocommit inserts from 8 threads whose binding cleared the busy handler

@@ -44,10 +44,10 @@ struct ShimFile {
   std::shared_ptr<Ticket> ticket;  // place in the coordinator's line (shared with busy records)
   uint64_t handle_id = 0;          // process-unique, for diagnostics
   // The connection (SQLITE_FCNTL_PDB). Under shared cache one file serves several
-  // connections and SQLite sends PDB once per connection: from the second one on, the file's
-  // caller cannot be known, `shared_cache` is set and the lock paths call no SQLite API on a
-  // connection (see Caller()). Atomics: another connection's open writes them while this
-  // one's thread reads them.
+  // connections and SQLite sends PDB once per connection: from the second one on (whatever
+  // pointer it names), the file's caller cannot be known, `shared_cache` is set and the lock
+  // paths call no SQLite API on a connection (see Caller()). Atomics: another connection's open
+  // writes them while this one's thread reads them.
   std::atomic<sqlite3*> db{nullptr};
   std::atomic<bool> shared_cache{false};
   // Owned by the connection's thread (SQLite calls one method of a file at a time; under

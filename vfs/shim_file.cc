@@ -172,7 +172,28 @@ int HandlePragma(ShimFile* p, char** az) {
   return SQLITE_OK;
 }
 
+// SQLITE_FCNTL_PDB: SQLite tells the file which connection opened it. Under shared cache
+// every later connection to the same cache says so again on the same file, so a second PDB of
+// any kind means shared cache: from then on the caller of a lock method is not known (see
+// Caller()). Not compared with the first connection: a connection opened at the address of a
+// closed one (malloc reuses it) names the same pointer, and a lock call then asked
+// sqlite3_txn_state of another connection, whose thread held that connection's mutex while it
+// waited for the btree's (SQLite's threadtest3, create_drop_index_1: a deadlock). SQLite sends
+// PDB after leaving the shared btree's mutex, so it may come while another connection of the
+// cache is inside a lock call: only atomics are touched here, and no CallGuard is taken (it
+// made that lock call fail with SQLITE_MISUSE).
+int NotePdb(ShimFile* p, void* arg) {
+  sqlite3* db = *static_cast<sqlite3**>(arg);
+  sqlite3* expected = nullptr;
+  if (!p->db.compare_exchange_strong(expected, db, std::memory_order_relaxed)) {
+    p->shared_cache.store(true, std::memory_order_release);
+  }
+  sqlite3_file* o = OrigFile(p);
+  return o->pMethods->xFileControl(o, SQLITE_FCNTL_PDB, arg);
+}
+
 int ShimFileControl(sqlite3_file* f, int op, void* arg) {
+  if (op == SQLITE_FCNTL_PDB) return NotePdb(Shim(f), arg);
   CallGuard g(Owner(f), Shim(f)->path, "xFileControl");
   ShimFile* p = Shim(f);
   sqlite3_file* o = OrigFile(p);
@@ -180,19 +201,6 @@ int ShimFileControl(sqlite3_file* f, int op, void* arg) {
     case SQLITE_FCNTL_PRAGMA: {
       int rc = HandlePragma(p, static_cast<char**>(arg));
       if (rc != SQLITE_NOTFOUND) return rc;
-      break;
-    }
-    case SQLITE_FCNTL_PDB: {
-      // SQLite tells the file which connection opened it; under shared cache every later
-      // connection to the same cache says so again on the same file. From then on the
-      // caller of a lock method is not known (see Caller()).
-      sqlite3* db = *static_cast<sqlite3**>(arg);
-      sqlite3* had = p->db.load(std::memory_order_relaxed);
-      if (had == nullptr) {
-        p->db.store(db, std::memory_order_relaxed);
-      } else if (had != db) {
-        p->shared_cache.store(true, std::memory_order_release);
-      }
       break;
     }
     case SQLITE_FCNTL_BUSYHANDLER: {
