@@ -7,13 +7,14 @@
 #   make fuzz       libFuzzer targets (build-fuzz/), each for FUZZ_SECONDS (default 60)
 #   make soak       SOAK_SECONDS (default 600) of threads, processes, kill -9, churn; not in CI
 #   make bench      benchmarks, printed as tables
+#   make judge      SQLite's mptest and threadtest3, stock vs libsafeconc (SQLITE_SRC=<tree>)
 #   make demo       the main job (see README)
 JOBS ?= 2
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure -j$(JOBS)
 SOURCES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null || find include ext vfs tests bench -name '*.cc' -o -name '*.h')
 
-.PHONY: all build deps test test-asan test-tsan lint format bench demo clean fuzz soak
+.PHONY: all build deps test test-asan test-tsan lint format bench demo clean fuzz soak judge
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 600
 
@@ -70,6 +71,12 @@ soak: build
 bench: build
 	@cmake --build build -j$(JOBS) --target benches
 	@bench/run.sh build
+
+# SQLite's own concurrency tests against this build; needs SQLite's source tree (see
+# tests/judge/run.sh: `apt-get source sqlite3`), which is never downloaded here.
+judge: build
+	@test -n "$(SQLITE_SRC)" || { echo "make judge SQLITE_SRC=<SQLite source tree> (see tests/judge/run.sh)"; exit 2; }
+	tests/judge/run.sh "$(SQLITE_SRC)" build/libsafeconc.so
 
 demo: build
 	@sql/demo.sh build

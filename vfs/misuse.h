@@ -10,8 +10,10 @@
 // Cost: a thread-local address, one load and two relaxed stores per call, no locked instruction.
 // Correct use is serialised by SQLite's own mutexes (the connection's, or in shared cache the
 // btree's, whose release/acquire orders one call's clearing store before the next call's load),
-// so it is never reported; a real overlap is seen at the second call's entry, or at the first
-// call's exit when both entered at the same instant (then it is reported, not refused).
+// so it is never reported (SQLite sends the SQLITE_FCNTL_PDB hint of a shared-cache open
+// outside them: it takes no guard, see shim_file.cc); a real overlap is seen at the second
+// call's entry, or at the first call's exit when both entered at the same instant (then it is
+// reported, not refused).
 #ifndef SAFECONC_VFS_MISUSE_H
 #define SAFECONC_VFS_MISUSE_H
 

@@ -43,12 +43,14 @@ struct ShimFile {
   LockCounters counters;           // this handle's lock calls
   std::shared_ptr<Ticket> ticket;  // place in the coordinator's line (shared with busy records)
   uint64_t handle_id = 0;          // process-unique, for diagnostics
-  // The connection (SQLITE_FCNTL_PDB). Under shared cache one file serves several
-  // connections and SQLite sends PDB once per connection: from the second one on (whatever
-  // pointer it names), the file's caller cannot be known, `shared_cache` is set and the lock
-  // paths call no SQLite API on a connection (see Caller()). Atomics: another connection's open
-  // writes them while this one's thread reads them.
-  std::atomic<sqlite3*> db{nullptr};
+  // Where SQLite keeps the connection using the file (SQLITE_FCNTL_PDB hands over the address
+  // of the shared btree's `db` field, which SQLite sets to the connection that enters the
+  // btree, so it names the caller of any lock method, which runs inside the btree). Under
+  // shared cache one file serves several connections and SQLite sends PDB once per connection:
+  // from the second one on, `shared_cache` is set and the lock paths call no SQLite API on a
+  // connection (see Caller()). Atomics: another connection's open writes them while this
+  // one's thread reads them.
+  std::atomic<sqlite3**> db_slot{nullptr};
   std::atomic<bool> shared_cache{false};
   // Owned by the connection's thread (SQLite calls one method of a file at a time; under
   // shared cache, one connection at a time, under the shared btree's mutex).
@@ -105,7 +107,10 @@ inline sqlite3_file* OrigFile(ShimFile* p) { return reinterpret_cast<sqlite3_fil
 // inside a VFS method.
 inline sqlite3* Caller(const ShimFile* p) {
   if (p->shared_cache.load(std::memory_order_acquire)) return nullptr;
-  return p->db.load(std::memory_order_relaxed);
+  // Read only inside the file's lock methods (the connection holds the btree: the field is
+  // the caller and nobody writes it meanwhile).
+  sqlite3** slot = p->db_slot.load(std::memory_order_relaxed);
+  return slot != nullptr ? *slot : nullptr;
 }
 
 // Registers the VFS (once per process; later calls are harmless) and makes it the

@@ -172,20 +172,23 @@ int HandlePragma(ShimFile* p, char** az) {
   return SQLITE_OK;
 }
 
-// SQLITE_FCNTL_PDB: SQLite tells the file which connection opened it. Under shared cache
-// every later connection to the same cache says so again on the same file, so a second PDB of
-// any kind means shared cache: from then on the caller of a lock method is not known (see
-// Caller()). Not compared with the first connection: a connection opened at the address of a
-// closed one (malloc reuses it) names the same pointer, and a lock call then asked
-// sqlite3_txn_state of another connection, whose thread held that connection's mutex while it
-// waited for the btree's (SQLite's threadtest3, create_drop_index_1: a deadlock). SQLite sends
-// PDB after leaving the shared btree's mutex, so it may come while another connection of the
-// cache is inside a lock call: only atomics are touched here, and no CallGuard is taken (it
-// made that lock call fail with SQLITE_MISUSE).
+// SQLITE_FCNTL_PDB: SQLite hands the file the address of its btree's `db` field, set to
+// whichever connection enters the btree. Kept as an address (Caller() reads it inside a lock
+// method, when it names the caller): its value at PDB time may be another connection of a
+// shared cache that entered the btree meanwhile. Under shared cache every later connection
+// sends PDB again on the same file, so a second PDB means shared cache: from then on the lock
+// paths call no SQLite API on a connection (see Caller()). Both mistakes were made before:
+// the value read here named another connection (or a closed one's address, reused by malloc,
+// hid the second connection), and a lock call asked sqlite3_txn_state of a connection whose
+// thread held that connection's mutex while it waited for the btree's, which the lock call's
+// thread held (SQLite's threadtest3, create_drop_index_1: a deadlock). SQLite sends PDB after
+// leaving the btree's mutex, so it may come while another connection of the cache is inside a
+// lock call: only atomics are touched here, and no CallGuard is taken (it made that lock call
+// fail with SQLITE_MISUSE).
 int NotePdb(ShimFile* p, void* arg) {
-  sqlite3* db = *static_cast<sqlite3**>(arg);
-  sqlite3* expected = nullptr;
-  if (!p->db.compare_exchange_strong(expected, db, std::memory_order_relaxed)) {
+  sqlite3** expected = nullptr;
+  if (!p->db_slot.compare_exchange_strong(expected, static_cast<sqlite3**>(arg),
+                                          std::memory_order_relaxed)) {
     p->shared_cache.store(true, std::memory_order_release);
   }
   sqlite3_file* o = OrigFile(p);
