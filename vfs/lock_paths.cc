@@ -307,22 +307,23 @@ void MaybeEndWalPeriod(ShimFile* p) {
   DropReason(p, kReasonTxn);
 }
 
-// Rollback mode, a write SQLite retries (a writing statement's, from no read transaction) about
-// to take RESERVED: waits up to the connection's fairness bound (safeconc_fair_ms) while the
-// explicit read transactions that other connections of this process have open now are still
-// open, until none is left or one of them writes (it goes past this handle's turn:
+// Rollback mode, a write SQLite retries (a writing statement's, from no read transaction)
+// about to take RESERVED: waits up to the connection's fairness bound (safeconc_fair_ms) while
+// the explicit read transactions that other connections of this process have open now are
+// still open, until none is left or one of them writes (it goes past this handle's turn:
 // GoPastHolder). Once this handle holds RESERVED, such a transaction fails at its first write
 // (SQLite never retries that), and this handle's commit waits for every read lock to go
-// anyway, so taking RESERVED first gains it only the overlap of its own statement. Stock SQLite's
-// writers, sleeping in their busy handler, leave the write lock free for such writes; writers
-// handed the turn at once did not: 8 threads of autocommit INSERTs beside 8 of deferred
-// read-then-write in one process, rollback, failed 3-6 points more of them than stock. True if one
-// of them went past this handle to write meanwhile: this handle's request is then refused as if by
-// the base lock (which the pass is taking), without racing it there.
-// Once per write: `deferred` stays set until the write lock is taken or a new statement
-// starts, so a request SQLite retries (after a pass, or a refusal by another process) does not
-// wait again, and the connection's busy timeout is stretched by one bound at most. A retry, or
-// a connection with safeconc_fair_ms=0, still learns of a pass at once.
+// anyway, so taking RESERVED first gains it only the overlap of its own statement. Stock
+// SQLite's writers, sleeping in their busy handler, leave the write lock free for such writes;
+// writers handed the turn at once did not: 8 threads of autocommit INSERTs beside 8 of
+// deferred read-then-write in one process, rollback, failed 3-6 points more of them than stock.
+//
+// True if one of them went past this handle to write: this handle's request is then refused
+// as if by the base lock (which the pass is taking), without racing it there. Once per write:
+// `deferred` stays set until the write lock is taken or a new statement starts, so a request
+// SQLite retries (after a pass, or a refusal by another process) does not wait again, and the
+// connection's busy timeout is stretched by one bound at most. A retry, or a connection with
+// safeconc_fair_ms=0, still learns of a pass at once.
 bool DeferToReadTxns(ShimFile* p) {
   const Clock::time_point now = Clock::now();
   const Clock::time_point until = p->deferred ? now : now + Fair(p);
@@ -531,7 +532,7 @@ int LockPathLock(ShimFile* p, int level) {
   if (level == SQLITE_LOCK_SHARED && p->level == SQLITE_LOCK_NONE) {
     // A lock period starts (rollback mode; in WAL mode the first read of the connection).
     // A new request, not a retry of a refused one: its write may defer again.
-    if (!RefusalActive(p)) p->deferred = false;
+    if (p->deferred && !RefusalActive(p)) p->deferred = false;
     bool took = false;
     if (p->turn_reasons == 0 && TxnWantsTurn(p)) took = TakeTurnForTxn(p, "SHARED", false);
     sqlite3* db = Caller(p);
