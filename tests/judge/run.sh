@@ -54,7 +54,7 @@ run() {
     verdict=FAILED
     failed=1
   fi
-  printf "  %-8s %-26s %6.1f s  exit %-3d %s%s\n" "$peer" "$label" "$(echo "$t1 - $t0" | bc)" \
+  printf "  %-8s %-26s %6.1f s  exit %-3d %s%s\n" "$peer" "$label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
     "$rc" "$verdict" "${summary:+  ($summary)}"
   if [ "$verdict" = FAILED ]; then
     grep -m5 "^Error:" "$dir/out.txt" | sed 's/^/      /'
