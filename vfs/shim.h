@@ -72,7 +72,8 @@ struct ShimFile {
   // the base write lock without the turn until it releases it (lock_paths.cc, WriteStart).
   bool past_holder = false;
   // This write already waited for open read transactions (DeferToReadTxns in lock_paths.cc):
-  // its retries do not wait again. Cleared once its write lock is taken.
+  // its retries do not wait again. Cleared once its write lock is taken, or when a lock period
+  // starts that is not the retry of a refused request (a new statement).
   bool deferred = false;
   enum class Handler { kUnknown, kOurs, kBinding };
   Handler handler = Handler::kUnknown;  // whose busy handler the connection runs
