@@ -296,6 +296,73 @@ TEST_F(CoordinatorV2ReaderDeference, NotToAReadTransactionOfItsOwnThread) {
   EXPECT_EQ(reader.Int("SELECT count(*) FROM t"), 3);
 }
 
+// WAL: a connection holding the database file's EXCLUSIVE lock never waits for the write
+// turn. Another connection may hold the turn while it waits for that very lock: it took the
+// turn at its lock period's start (safeconc_txn=serial, or a writing statement while the turn
+// was busy), then met the EXCLUSIVE lock at SHARED. threadtest3's walthread2 hung so: one
+// thread closing the WAL (journal_mode=DELETE, whose checkpoint reads the WAL-index under
+// EXCLUSIVE) waited for the turn of a thread waiting for its lock, both forever (its busy
+// handler never gives up). locking_mode=EXCLUSIVE holds that lock between statements, which
+// lets the test build the same state in order. Would catch the wait: A's busy handler runs
+// (the turn wait calls it between tries), and without the handler's limit A's INSERT and B's
+// SELECT would wait for each other for good.
+class CoordinatorV2FileLockHolder : public V2Fixture, public testing::Test {};
+
+TEST_F(CoordinatorV2FileLockHolder, WalConnectionUnderExclusiveLockNeverWaitsForTheTurn) {
+  Create("wal");
+  auto a = std::make_unique<sctest::Db>(uri_);
+  // Its WAL-index in shared memory first (opened under locking_mode=EXCLUSIVE, it would live
+  // in the heap, without barriers).
+  EXPECT_EQ(a->Int("SELECT count(*) FROM t"), 3);
+  a->Must("PRAGMA locking_mode=EXCLUSIVE");
+  a->Must("INSERT INTO t VALUES(4)");  // takes the database file's EXCLUSIVE lock, and keeps it
+  int b_rc = -1;
+  int64_t b_count = -1;
+  std::string b_error;
+  std::thread b_thread([&] {
+    sctest::Db b(uri_ + "?safeconc_txn=serial");  // takes the turn at its read's start
+    sqlite3_busy_timeout(b.get(), 20000);
+    sqlite3_stmt* st = nullptr;
+    b_rc = sqlite3_prepare_v2(b.get(), "SELECT count(*) FROM t", -1, &st, nullptr);
+    if (b_rc == SQLITE_OK) {
+      b_rc = sqlite3_step(st);
+      if (b_rc == SQLITE_ROW) b_count = sqlite3_column_int64(st, 0);
+    }
+    if (b_rc != SQLITE_ROW) b_error = b.error();
+    sqlite3_finalize(st);
+  });
+  // Until B holds the turn and waits for SHARED (bounded: it does so within its first try).
+  sctest::Db watch(uri_);
+  bool b_waits = false;
+  for (int i = 0; i < 5000 && !b_waits; ++i) {
+    const std::string stats = watch.Text("PRAGMA safeconc_stats");
+    b_waits = CoordinatorStat(stats, "debug.change_waiters").value_or(0) >= 1 &&
+              stats.find("\"write_turn\":{") != std::string::npos;
+    if (!b_waits) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(b_waits) << watch.Text("PRAGMA safeconc_stats");
+  // A's busy handler: counts its calls, and gives up after 200 (so that the bug fails the
+  // test instead of hanging it).
+  struct Calls {
+    int n = 0;
+  } calls;
+  sqlite3_busy_handler(
+      a->get(),
+      [](void* arg, int) {
+        Calls* c = static_cast<Calls*>(arg);
+        sqlite3_sleep(1);
+        return ++c->n < 200 ? 1 : 0;
+      },
+      &calls);
+  // Closes the WAL: its checkpoint reads the WAL-index header under the EXCLUSIVE lock.
+  EXPECT_EQ(a->Text("PRAGMA journal_mode=DELETE"), "delete") << a->error();
+  EXPECT_EQ(calls.n, 0) << "A waited (for the turn B holds while it waits for A's lock)";
+  a.reset();  // releases the EXCLUSIVE lock: B reads
+  b_thread.join();
+  EXPECT_EQ(b_rc, SQLITE_ROW) << b_error;
+  EXPECT_EQ(b_count, 4);
+}
+
 // ---- 2. A transaction continued by another thread -----------------------------------------
 
 struct HandoffParam {

@@ -79,6 +79,15 @@ void ReleaseTurns(ShimFile* p) {
   Coord(p).ReleaseTurn(p->ticket.get());
 }
 
+// In WAL mode, does this handle hold the database file's lock above SHARED? Only while it
+// closes the WAL (the checkpoint of a close or of journal_mode=DELETE, under EXCLUSIVE: wal.c
+// makes no WAL-index lock calls then, so no CKPT lock tells it apart from a read start) or in
+// locking_mode=EXCLUSIVE. Every other connection of the file waits for that lock, possibly
+// holding the write turn (taken at its lock period's start, then waiting for SHARED): waiting
+// for the turn there deadlocks (threadtest3's walthread2 hung so, and would forever with its
+// busy handler that never gives up). The lock alone already keeps everyone out: no turn needed.
+bool HoldsFileLock(ShimFile* p) { return p->level > SQLITE_LOCK_SHARED; }
+
 // Does this lock period take the write turn first?
 bool TxnWantsTurn(ShimFile* p) {
   sqlite3* db = Caller(p);
@@ -652,7 +661,8 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
                          offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
   if (read_mark && lock) {
     bool took = false;
-    if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && TxnWantsTurn(p)) {
+    if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !HoldsFileLock(p) &&
+        TxnWantsTurn(p)) {
       // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL; a read whose turn
       // cannot be had goes on without it, as stock SQLite would serve it.
       took = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/false);
@@ -700,9 +710,10 @@ void LockPathShmBarrier(ShimFile* p) {
   // many threads. Safe point: no read mark is held yet.
   // A checkpoint reads the header too (holding CKPT, and never taking a read mark): not here.
   // A turn wait that already gave up in this lock period is not repeated (wal.c calls the
-  // barrier on every retry of its read loop).
+  // barrier on every retry of its read loop). Nor is the turn waited for under the database
+  // file's EXCLUSIVE lock (HoldsFileLock).
   if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->ckpt_held &&
-      TxnWantsTurn(p)) {
+      !HoldsFileLock(p) && TxnWantsTurn(p)) {
     p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
     p->xproc_pre_read = p->pre_read_turn && Xp(p).MarkPreRead(p->handle_id);
   }
