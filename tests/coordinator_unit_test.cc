@@ -380,6 +380,44 @@ TEST(CoordinatorLine, TimeoutLeavesTheLine) {
   EXPECT_EQ(f.c->WaitForTurn(next, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
 }
 
+// A waiter that holds its file's read lock (a WAL read start) stops waiting for a holder that
+// holds the file's write lock: that holder's commit waits for the waiter's read lock (during a
+// journal_mode switch; threadtest3's walthread2 hung so). Checked when it asks, and when the
+// holder takes the write lock while it is parked (woken). A waiter
+// without a read lock still waits; after the holder gives the write lock back, waiters wait
+// again. Would catch the yield missing (a timeout after 60 s), or applied to every waiter.
+TEST(CoordinatorLine, ReadLockHolderYieldsToAFileWriter) {
+  Fixture f;
+  Ticket *holder = f.New(), *reader = f.New(), *plain = f.New();
+  Take(f, holder, 1);
+  f.c->NoteFileWriter(holder, true);
+  EXPECT_EQ(f.c->TryTurn(reader, Ask::kWrite, 2, kFifo, /*queue=*/true, /*pre_read=*/true,
+                         /*holds_read_lock=*/true),
+            Grant::kYielded);
+  EXPECT_EQ(f.Queued(), 0);
+  EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(60000)), 2, kFifo, true, true),
+            Grant::kYielded);
+  f.c->Cancel(reader, Coordinator::CancelWhy::kGaveUp);
+  EXPECT_EQ(f.c->AcquireTurn(plain, In(milliseconds(20)), 3, kFifo), Grant::kTimeout);
+  f.c->Cancel(plain, Coordinator::CancelWhy::kTimeout);
+  f.c->NoteFileWriter(holder, false);
+  EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(20)), 2, kFifo, true, true), Grant::kTimeout);
+  // Parked first, then the holder takes its write lock.
+  Grant parked_result = Grant::kQueued;
+  std::thread waiter([&] {
+    parked_result = f.c->AcquireTurn(reader, In(milliseconds(60000)), 2, kFifo, true, true);
+  });
+  WaitUntil([&] { return f.c->Rest().parked == 1; });
+  f.c->NoteFileWriter(holder, true);
+  waiter.join();
+  EXPECT_EQ(parked_result, Grant::kYielded);
+  f.c->Cancel(reader, Coordinator::CancelWhy::kGaveUp);
+  EXPECT_EQ(f.Queued(), 0);
+  f.c->NoteFileWriter(holder, false);
+  f.c->ReleaseTurn(holder);
+  EXPECT_EQ(f.c->TryTurn(reader, Ask::kWrite, 2, kFifo, false, true, true), Grant::kGranted);
+}
+
 // Closing a handle takes it out of the line and gives back a turn it still held. Would catch
 // a closed connection blocking the database forever.
 TEST(CoordinatorLine, CloseLeavesTheLineAndFreesTheTurn) {

@@ -216,8 +216,23 @@ void Coordinator::BumpGenerationLocked() {
 
 // ---- The write turn --------------------------------------------------------------------
 
+bool Coordinator::HolderIsFileWriterLocked() const {
+  return holder_ != nullptr && holder_->file_writer.load(std::memory_order_seq_cst);
+}
+
+void Coordinator::NoteFileWriter(Ticket* t, bool held) {
+  t->file_writer.store(held, std::memory_order_seq_cst);
+  if (!held || read_lock_waiters_.load(std::memory_order_seq_cst) == 0) return;
+  MutexLock l(&mu_);
+  if (holder_ != t) return;
+  for (Place* u = line_.front(); u != nullptr; u = line_.Next(u)) {
+    if (u->holds_read_lock) u->cv.Signal();
+  }
+}
+
 Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid,
-                                            Clock::duration fair, bool pre_read) {
+                                            Clock::duration fair, bool pre_read,
+                                            bool holds_read_lock) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
   if (holder_ == t) return Grant::kGranted;
@@ -228,8 +243,22 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
     return Grant::kGranted;
   }
   EnqueueLocked(t, fair, now);
+  Place& me = Of(t);
   for (;;) {
+    if (holds_read_lock) {
+      // Counted before the check, so that NoteFileWriter either sees this waiter or is seen.
+      read_lock_waiters_.fetch_add(1, std::memory_order_seq_cst);
+      if (HolderIsFileWriterLocked()) {
+        read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+        return Grant::kYielded;  // still in line: Cancel() it
+      }
+      me.holds_read_lock = true;
+    }
     ParkLocked(t, WakeLocked(t, deadline, now));
+    if (holds_read_lock) {
+      me.holds_read_lock = false;
+      read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+    }
     now = Clock::now();
     RevokeStaleLocked(now);
     if (MayTakeLocked(t, Ask::kWrite, now)) {
@@ -242,7 +271,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
 }
 
 Coordinator::Grant Coordinator::TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock::duration fair,
-                                        bool queue, bool pre_read) {
+                                        bool queue, bool pre_read, bool holds_read_lock) {
   MutexLock l(&mu_);
   if (holder_ == t) return Grant::kGranted;
   const Clock::time_point now = Clock::now();
@@ -252,6 +281,7 @@ Coordinator::Grant Coordinator::TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock:
     holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
+  if (holds_read_lock && HolderIsFileWriterLocked()) return Grant::kYielded;
   if (!queue) return Grant::kRefused;
   EnqueueLocked(t, fair, now);
   ++stats_.busy_returns;

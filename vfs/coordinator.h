@@ -88,7 +88,9 @@ class Coordinator {
     kWrite,    // a request SQLite retries, or a wait at a safe point: the fairness rule applies
     kUpgrade,  // a read transaction that asks to write (never retried): any free turn will do
   };
-  enum class Grant { kGranted, kQueued, kTimeout, kRefused };
+  // kYielded: asked with `holds_read_lock`, and the holder holds its file's write lock (see
+  // AcquireTurn).
+  enum class Grant { kGranted, kQueued, kTimeout, kRefused, kYielded };
   enum class CancelWhy { kClosed, kTimeout, kGaveUp };
 
   // Waits (parked, at a safe point) until t holds the turn, or `deadline` (kTimeout: t keeps
@@ -97,13 +99,20 @@ class Coordinator {
   // `fair` is t's fairness bound. `pre_read`: taken before a WAL read start whose read mark is
   // not held yet; revocable after timing::kPreReadLease until ReadStarted(t) (if that read
   // start fails, SQLite may never call this handle again to give the turn back).
+  // `holds_read_lock`: t's connection holds the database file's SHARED lock while it waits (a
+  // WAL read start). It stops waiting (kYielded, still in line: Cancel() it) whenever the
+  // holder holds the file's write lock (Ticket::file_writer): that holder is in rollback mode
+  // (a journal_mode switch is under way) and its commit waits for t's SHARED lock.
   Grant AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid, Clock::duration fair,
-                    bool pre_read = false) SC_EXCLUDES(mu_);
+                    bool pre_read = false, bool holds_read_lock = false) SC_EXCLUDES(mu_);
   // Grants the turn if t may take it now (kGranted). Otherwise, with `queue`, puts t in line
   // (a retry keeps its place) and returns kQueued; without, changes nothing (kRefused).
-  // `pre_read` as for AcquireTurn.
+  // `pre_read` and `holds_read_lock` as for AcquireTurn (kYielded: t not queued).
   Grant TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock::duration fair, bool queue,
-                bool pre_read = false) SC_EXCLUDES(mu_);
+                bool pre_read = false, bool holds_read_lock = false) SC_EXCLUDES(mu_);
+  // t's handle took (true) or gave back (false) its file's write lock (RESERVED or above, in
+  // rollback mode): sets t->file_writer, and wakes the waiters AcquireTurn must stop.
+  void NoteFileWriter(Ticket* t, bool held) SC_EXCLUDES(mu_);
   // A request SQLite will not retry was refused: counts the fast failure, leaves the line.
   void FastFail(Ticket* t) SC_EXCLUDES(mu_);
   // The read mark a pre-read turn was taken for is held: the turn is no longer revocable.
@@ -236,18 +245,20 @@ class Coordinator {
   // holder_/reserved_, which are SC_GUARDED_BY(mu_). Clang checks both ways in.
   struct Place {
     explicit Place(Ticket* t) : ticket(t) {}
-    Ticket* const ticket;         // the ticket this is the place of (constant)
-    ListLink<Place> line_link;    // in line_ while queued
-    ListLink<Place> reader_link;  // in readers_ while it holds SHARED (rollback)
-    bool read_txn = false;        // in readers_ for an explicit transaction's read
-    uint64_t read_seq = 0;        // when it entered readers_ (DeferToReadTxns' snapshot)
-    bool open = true;             // false once the file closed
-    int parked = 0;               // threads of this handle waiting on cv right now (0 or 1)
-    Clock::time_point arrived;    // when the current request first queued
-    Clock::time_point seen;       // when its owner last waited here (kStaleTicket)
-    Clock::duration fair{};       // its connection's safeconc_fair_ms
-    CondVar cv;                   // signalled when the turn may be this ticket's
+    Ticket* const ticket;          // the ticket this is the place of (constant)
+    ListLink<Place> line_link;     // in line_ while queued
+    ListLink<Place> reader_link;   // in readers_ while it holds SHARED (rollback)
+    bool read_txn = false;         // in readers_ for an explicit transaction's read
+    uint64_t read_seq = 0;         // when it entered readers_ (DeferToReadTxns' snapshot)
+    bool open = true;              // false once the file closed
+    int parked = 0;                // threads of this handle waiting on cv right now (0 or 1)
+    Clock::time_point arrived;     // when the current request first queued
+    Clock::time_point seen;        // when its owner last waited here (kStaleTicket)
+    Clock::duration fair{};        // its connection's safeconc_fair_ms
+    CondVar cv;                    // signalled when the turn may be this ticket's
+    bool holds_read_lock = false;  // parked in AcquireTurn with holds_read_lock
   };
+  bool HolderIsFileWriterLocked() const SC_REQUIRES(mu_);
   friend class Ticket;  // holds its Place
   Place& Of(Ticket* t) const SC_REQUIRES(mu_);
   void RemoveReaderLocked(Place& p) SC_REQUIRES(mu_);
@@ -282,6 +293,10 @@ class Coordinator {
   int one_waiters_ SC_GUARDED_BY(mu_) = 0;
   CondVar changed_one_;
   std::atomic<bool> contended_{false};  // see Contended()
+  // Threads parked in AcquireTurn with holds_read_lock (NoteFileWriter wakes them). Read
+  // without the mutex by NoteFileWriter after its store to file_writer, both seq_cst: either
+  // it sees the waiter, or the waiter sees file_writer before it parks.
+  std::atomic<int> read_lock_waiters_{0};
 
   struct Stats {
     uint64_t acquisitions = 0;      // turns granted
@@ -327,6 +342,10 @@ class Ticket {
   // for the turn (so a holder's value is published by the coordinator's mutex) and cleared
   // once its write lock is taken; read under the mutex by GoPastHolder.
   std::atomic<bool> write_retried{false};
+  // The handle holds its file's write lock (RESERVED or above: rollback mode). Written by the
+  // handle's lock paths through Coordinator::NoteFileWriter; read under the coordinator's
+  // mutex of the holder by waiters that hold a read lock (AcquireTurn).
+  std::atomic<bool> file_writer{false};
 
  private:
   friend class Coordinator;

@@ -88,6 +88,14 @@ void ReleaseTurns(ShimFile* p) {
 // busy handler that never gives up). The lock alone already keeps everyone out: no turn needed.
 bool HoldsFileLock(ShimFile* p) { return p->level > SQLITE_LOCK_SHARED; }
 
+// Records the base lock level; tells the coordinator when the handle takes or gives back its
+// file's write lock (a WAL read start does not wait for such a holder: Ticket::file_writer).
+void SetLevel(ShimFile* p, int level) {
+  const bool was = HoldsFileLock(p);
+  p->level = level;
+  if (HoldsFileLock(p) != was) Coord(p).NoteFileWriter(p->ticket.get(), !was);
+}
+
 // Does this lock period take the write turn first?
 bool TxnWantsTurn(ShimFile* p) {
   sqlite3* db = Caller(p);
@@ -166,7 +174,11 @@ bool WaitInLock(ShimFile* p, const char* lock, Attempt attempt, Park park) {
 // (counted as turn_skipped). A holder last used on this very thread is not waited for: if
 // this thread is the one to finish its transaction, it cannot while we wait, and the read
 // needs no turn.
-bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
+// `wal`: a WAL read start, which holds the database file's SHARED lock while it waits; it
+// stops waiting when the holder holds the file's write lock (Coordinator::AcquireTurn's
+// holds_read_lock: during a journal_mode switch, a rollback-mode holder's commit waits for
+// that SHARED lock), and goes on without the turn, as stock SQLite would.
+bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   Coordinator& c = Coord(p);
   Ticket* t = p->ticket.get();
   const uint64_t tid = CurrentThreadId();
@@ -179,7 +191,7 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
                              (mode != TxnMode::kImmediate || sqlite3_get_autocommit(db) != 0),
                          std::memory_order_relaxed);
   if (p->turn_gave_up || c.HolderLastOnThread(t, tid)) {
-    if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false, pre_read) ==
+    if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false, pre_read, wal) ==
         Coordinator::Grant::kGranted) {
       if (TakeShared(p, tid, nullptr)) {
         TakeReason(p, kReasonTxn);
@@ -193,17 +205,28 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read) {
   const bool had_refusal = RefusalActive(p);
   // The in-process turn first (a handle that got it keeps it across the tries), then the
   // shared one: one waiter per process in the shared line.
+  bool yielded = false;  // to a holder of the file's write lock (`wal`): ends the wait
   auto take = [&] {
-    return c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read) ==
-               Coordinator::Grant::kGranted &&
-           TakeShared(p, tid, nullptr);
+    const Coordinator::Grant g =
+        c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read, wal);
+    yielded = g == Coordinator::Grant::kYielded;
+    return yielded || (g == Coordinator::Grant::kGranted && TakeShared(p, tid, nullptr));
   };
   const Clock::time_point since = Clock::now();
   const bool got = WaitInLock(p, lock, take, [&](uint64_t, Clock::time_point until) {
     // Parked in line (keeping its place on a timeout) and granted where it wakes.
-    return c.AcquireTurn(t, until, tid, Fair(p), pre_read) == Coordinator::Grant::kGranted &&
-           TakeShared(p, tid, &until, since);
+    const Coordinator::Grant g = c.AcquireTurn(t, until, tid, Fair(p), pre_read, wal);
+    yielded = g == Coordinator::Grant::kYielded;
+    return yielded || (g == Coordinator::Grant::kGranted && TakeShared(p, tid, &until, since));
   });
+  if (yielded) {
+    // Not a timeout: nothing to report, and the lock period goes on as in stock SQLite.
+    c.Cancel(t, Coordinator::CancelWhy::kGaveUp);
+    c.CountTurnSkipped();
+    p->turn_gave_up = true;
+    if (!had_refusal) ClearRefusal(p);
+    return false;
+  }
   if (got) {
     TakeReason(p, kReasonTxn);
     // Whatever this lock period retries was waiting for the turn: granted.
@@ -523,9 +546,9 @@ int WaitAtSafePoint(ShimFile* p, const char* lock, Attempt attempt, InProcess in
 // base did not get that far, the cost of the record is one needless wake-up at the unlock.
 void NoteExclusiveResult(ShimFile* p, int rc) {
   if (rc == SQLITE_OK) {
-    p->level = SQLITE_LOCK_EXCLUSIVE;
+    SetLevel(p, SQLITE_LOCK_EXCLUSIVE);
   } else if (p->level < SQLITE_LOCK_PENDING) {
-    p->level = SQLITE_LOCK_PENDING;
+    SetLevel(p, SQLITE_LOCK_PENDING);
   }
 }
 
@@ -543,7 +566,8 @@ int LockPathLock(ShimFile* p, int level) {
     // A new request, not a retry of a refused one: its write may defer again.
     if (p->deferred && !RefusalActive(p)) p->deferred = false;
     bool took = false;
-    if (p->turn_reasons == 0 && TxnWantsTurn(p)) took = TakeTurnForTxn(p, "SHARED", false);
+    if (p->turn_reasons == 0 && TxnWantsTurn(p))
+      took = TakeTurnForTxn(p, "SHARED", /*pre_read=*/false, /*wal=*/false);
     sqlite3* db = Caller(p);
     if (!took && (db == nullptr || sqlite3_get_autocommit(db) == 0)) {
       // A read transaction of an explicit BEGIN (or of an unknown caller) refused by a
@@ -553,7 +577,7 @@ int LockPathLock(ShimFile* p, int level) {
       // others' read locks at its write (measured: 3-5x the stock failures in rollback mode).
       rc = o->pMethods->xLock(o, SQLITE_LOCK_SHARED);
       if (rc == SQLITE_OK) {
-        p->level = SQLITE_LOCK_SHARED;
+        SetLevel(p, SQLITE_LOCK_SHARED);
         // A read transaction that may yet write: in-process writers defer to it (WriteStart).
         c.ReaderEnter(p->ticket.get(), /*read_txn=*/db != nullptr);
       }
@@ -564,7 +588,7 @@ int LockPathLock(ShimFile* p, int level) {
         // Refused by a writer's PENDING/EXCLUSIVE: the turn holder, if it is ours.
         [&] { return c.Blocker().held; }, /*one_at_a_time=*/true);
     if (rc == SQLITE_OK) {
-      p->level = SQLITE_LOCK_SHARED;
+      SetLevel(p, SQLITE_LOCK_SHARED);
       c.ReaderEnter(p->ticket.get());
     } else if (took) {
       DropReason(p, kReasonTxn);
@@ -574,7 +598,7 @@ int LockPathLock(ShimFile* p, int level) {
   if (level == SQLITE_LOCK_RESERVED) {
     rc = WriteStart(p, "RESERVED", /*wal=*/false,
                     [&] { return o->pMethods->xLock(o, SQLITE_LOCK_RESERVED); });
-    if (rc == SQLITE_OK) p->level = SQLITE_LOCK_RESERVED;
+    if (rc == SQLITE_OK) SetLevel(p, SQLITE_LOCK_RESERVED);
     return rc;
   }
   if (level == SQLITE_LOCK_EXCLUSIVE && p->level >= SQLITE_LOCK_RESERVED && !p->upgraded) {
@@ -599,7 +623,7 @@ int LockPathLock(ShimFile* p, int level) {
   if (level == SQLITE_LOCK_EXCLUSIVE) {
     NoteExclusiveResult(p, rc);
   } else if (rc == SQLITE_OK) {
-    p->level = level;
+    SetLevel(p, level);
   }
   return rc;
 }
@@ -612,7 +636,7 @@ int LockPathUnlock(ShimFile* p, int level) {
   // Even if the base fails, the pager takes the lock as released (pagerUnlockDb) and never
   // unlocks again: keeping the turn here would keep it until the file closed.
   const int rc = o->pMethods->xUnlock(o, level);
-  p->level = level;
+  SetLevel(p, level);
   if (level < SQLITE_LOCK_RESERVED) {
     p->upgraded = false;
     DropReason(p, kReasonWrite);
@@ -665,7 +689,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
         TxnWantsTurn(p)) {
       // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL; a read whose turn
       // cannot be had goes on without it, as stock SQLite would serve it.
-      took = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/false);
+      took = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/false, /*wal=*/true);
     }
     rc = o->pMethods->xShmLock(o, offset, n, flags);
     if (rc == SQLITE_OK) {
@@ -714,7 +738,7 @@ void LockPathShmBarrier(ShimFile* p) {
   // file's EXCLUSIVE lock (HoldsFileLock).
   if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->ckpt_held &&
       !HoldsFileLock(p) && TxnWantsTurn(p)) {
-    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true);
+    p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true, /*wal=*/true);
     p->xproc_pre_read = p->pre_read_turn && Xp(p).MarkPreRead(p->handle_id);
   }
 }
