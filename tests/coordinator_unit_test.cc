@@ -380,29 +380,33 @@ TEST(CoordinatorLine, TimeoutLeavesTheLine) {
   EXPECT_EQ(f.c->WaitForTurn(next, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
 }
 
-// A waiter that holds its file's read lock (a WAL read start) stops waiting for a holder that
-// holds the file's write lock: that holder's commit waits for the waiter's read lock (during a
-// journal_mode switch; threadtest3's walthread2 hung so). Checked when it asks, and when the
-// holder takes the write lock while it is parked (woken). A waiter
-// without a read lock still waits; after the holder gives the write lock back, waiters wait
-// again. Would catch the yield missing (a timeout after 60 s), or applied to every waiter.
+// A waiter that holds its file's read lock (a WAL connection: its read start or its write
+// start) stops waiting when a writer holding the file's lock above SHARED is ahead, as holder
+// or as an upgrade past the holder: that rollback-mode writer's commit waits for the waiter's
+// read lock (during a journal_mode switch; threadtest3's walthread2 hung so). Checked when it
+// asks, and when the writer takes its lock while the waiter is parked (woken by that: counted
+// in file_writer_wakes, since parks also end on their own every kPreReadLease). A waiter
+// without a read lock still waits, and after the writer gives its lock back, waiters wait
+// again. Would catch the yield missing (a 60 s timeout), applied to every waiter, the pass
+// ignored, or the wake-up lost.
 TEST(CoordinatorLine, ReadLockHolderYieldsToAFileWriter) {
   Fixture f;
   Ticket *holder = f.New(), *reader = f.New(), *plain = f.New();
   Take(f, holder, 1);
   f.c->NoteFileWriter(holder, true);
+  EXPECT_TRUE(f.c->FileWriterAhead());
   EXPECT_EQ(f.c->TryTurn(reader, Ask::kWrite, 2, kFifo, /*queue=*/true, /*pre_read=*/true,
                          /*holds_read_lock=*/true),
             Grant::kYielded);
   EXPECT_EQ(f.Queued(), 0);
   EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(60000)), 2, kFifo, true, true),
             Grant::kYielded);
-  f.c->Cancel(reader, Coordinator::CancelWhy::kGaveUp);
   EXPECT_EQ(f.c->AcquireTurn(plain, In(milliseconds(20)), 3, kFifo), Grant::kTimeout);
   f.c->Cancel(plain, Coordinator::CancelWhy::kTimeout);
   f.c->NoteFileWriter(holder, false);
+  EXPECT_FALSE(f.c->FileWriterAhead());
   EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(20)), 2, kFifo, true, true), Grant::kTimeout);
-  // Parked first, then the holder takes its write lock.
+  // Parked first, then the holder takes its lock.
   Grant parked_result = Grant::kQueued;
   std::thread waiter([&] {
     parked_result = f.c->AcquireTurn(reader, In(milliseconds(60000)), 2, kFifo, true, true);
@@ -411,11 +415,28 @@ TEST(CoordinatorLine, ReadLockHolderYieldsToAFileWriter) {
   f.c->NoteFileWriter(holder, true);
   waiter.join();
   EXPECT_EQ(parked_result, Grant::kYielded);
+  EXPECT_EQ(f.Stat("file_writer_wakes"), 1) << f.Stats();
+  // The busy handler's wait of a WAL write start refused for the turn (queued with
+  // holds_read_lock): ready at once, its retry goes to the base lock.
+  EXPECT_EQ(f.c->WaitForTurn(reader, In(milliseconds(60000))), Coordinator::TurnWait::kReady);
   f.c->Cancel(reader, Coordinator::CancelWhy::kGaveUp);
   EXPECT_EQ(f.Queued(), 0);
   f.c->NoteFileWriter(holder, false);
-  f.c->ReleaseTurn(holder);
+  // An upgrade past the holder that takes its file's lock (the version write of a switch to
+  // journal_mode=DELETE is one): the same, while the holder itself is not a file writer.
+  holder->write_retried = true;
+  Ticket* upgrader = f.New();
+  ASSERT_TRUE(f.c->GoPastHolder(upgrader));
+  f.c->ReleaseTurn(holder);  // refused by the base, the holder gave its turn back
+  EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(20)), 2, kFifo, true, true), Grant::kTimeout);
+  f.c->NoteFileWriter(upgrader, true);
+  EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(60000)), 2, kFifo, true, true),
+            Grant::kYielded);
+  f.c->Cancel(reader, Coordinator::CancelWhy::kGaveUp);
+  f.c->NoteFileWriter(upgrader, false);
+  f.c->EndPast(upgrader);
   EXPECT_EQ(f.c->TryTurn(reader, Ask::kWrite, 2, kFifo, false, true, true), Grant::kGranted);
+  EXPECT_GE(f.Stat("file_writer_yields"), 4) << f.Stats();
 }
 
 // Closing a handle takes it out of the line and gives back a turn it still held. Would catch

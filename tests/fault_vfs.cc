@@ -44,6 +44,8 @@ std::mutex g_gate_mu;
 std::condition_variable g_gate_cv;
 bool g_gate_closed = false;  // guarded by g_gate_mu
 std::atomic<int64_t> g_reads_held{0};
+int g_lock_gate_level = 0;  // guarded by g_gate_mu; 0: the lock gate is open
+std::atomic<int64_t> g_locks_held{0};
 
 sqlite3_vfs* g_base = nullptr;
 sqlite3_vfs g_vfs;
@@ -157,6 +159,14 @@ int FFileSize(sqlite3_file* f, sqlite3_int64* size) {
   return REAL(f)->xFileSize(Real(f), size);
 }
 int FLock(sqlite3_file* f, int level) {
+  if (reinterpret_cast<File*>(f)->main_db) {
+    std::unique_lock<std::mutex> l(g_gate_mu);
+    if (g_lock_gate_level == level) {
+      g_locks_held.fetch_add(1);
+      // Bounded, so that a test whose gate is never opened fails instead of hanging.
+      g_gate_cv.wait_for(l, std::chrono::seconds(10), [] { return g_lock_gate_level == 0; });
+    }
+  }
   if (const int e = Fault(kLock)) return e;
   return REAL(f)->xLock(Real(f), level);
 }
@@ -317,5 +327,19 @@ void OpenReadGate() {
   g_gate_cv.notify_all();
 }
 int64_t ReadsHeld() { return g_reads_held.load(); }
+
+void CloseLockGate(int level) {
+  std::lock_guard<std::mutex> l(g_gate_mu);
+  g_lock_gate_level = level;
+  g_locks_held.store(0);
+}
+void OpenLockGate() {
+  {
+    std::lock_guard<std::mutex> l(g_gate_mu);
+    g_lock_gate_level = 0;
+  }
+  g_gate_cv.notify_all();
+}
+int64_t LocksHeld() { return g_locks_held.load(); }
 
 }  // namespace fault

@@ -1,6 +1,6 @@
 // fault_vfs.h - a test-only base VFS, "fault", that wraps the default VFS (unix) and fails the
-// Nth call of each method with an injected error, for the fault-injection sweep; and a gate
-// that holds xRead calls, for the misuse tests.
+// Nth call of each method with an injected error, for the fault-injection sweep; and gates
+// that hold xRead or xLock calls, for the misuse and journal-switch tests.
 //
 // Use: in a process of its own, call fault::Register() before the extension is loaded: it
 // becomes the default VFS, so `safeconc` wraps it (safeconc -> fault -> unix) and every file,
@@ -40,6 +40,12 @@ int64_t Injected();
 void CloseReadGate();
 void OpenReadGate();
 int64_t ReadsHeld();
+
+// The lock gate: while closed for `level`, an xLock(level) of a main database file blocks
+// (after counting itself in LocksHeld()) until the gate opens, or 10 s passed.
+void CloseLockGate(int level);
+void OpenLockGate();
+int64_t LocksHeld();
 
 }  // namespace fault
 

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -364,6 +365,83 @@ TEST(BaseRefusal, WalTurnHolderRidesOutABlip) {
 }
 
 }  // namespace
+
+// One number of a connection's coordinator stats ($.coordinator.<path> of PRAGMA
+// safeconc_stats), -1 if absent.
+int64_t CoordinatorNumber(sctest::Db& db, const char* path) {
+  const std::string stats = db.Text("PRAGMA safeconc_stats");
+  sqlite3_stmt* st = nullptr;
+  int64_t v = -1;
+  if (sqlite3_prepare_v2(db.get(), "SELECT json_extract(?1, ?2)", -1, &st, nullptr) == SQLITE_OK) {
+    const std::string p = std::string("$.coordinator.") + path;
+    sqlite3_bind_text(st, 1, stats.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, p.c_str(), -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+      v = sqlite3_column_int64(st, 0);
+    }
+  }
+  sqlite3_finalize(st);
+  return v;
+}
+
+// A switch to journal_mode=DELETE, with another connection opened in its window. The switching
+// connection closes the WAL, then writes the new file format in rollback mode: it takes the
+// write turn for that write (an upgrade, the turn free), and RESERVED, and its commit waits for
+// every SHARED lock. A connection that read the database in between opened a new WAL, and a
+// WAL connection keeps its SHARED lock until it closes. That WAL connection's INSERT must be
+// served as in stock SQLite (the WAL write lock is free): not wait for the turn, whose holder
+// waits for it (threadtest3's walthread2 hung so, its busy handler never giving up), at its
+// read start or at its write start. The lock gate holds the version write's RESERVED request
+// below the shim, so that the WAL connection queues for the turn first and is parked when the
+// writer takes RESERVED. Would catch the WAL connection waiting for the turn (its INSERT then
+// fails with SQLITE_BUSY after its 3 s), or refused at its WAL write start.
+TEST(JournalSwitch, WalConnectionInTheWindowIsServedBesideTheRollbackWrite) {
+  ASSERT_NE(A(), nullptr);
+  sctest::TempDir dir;
+  const std::string path = dir.File("j.db");
+  {
+    sctest::Db setup(path);
+    EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
+    setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
+  }
+  sctest::Db switcher(path);
+  sqlite3_busy_timeout(switcher.get(), 10000);
+  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
+  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
+  std::string mode;
+  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
+  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(fault::LocksHeld(), 1) << "the version write never asked for RESERVED";
+  auto wal = std::make_unique<sctest::Db>(path);
+  sqlite3_busy_timeout(wal->get(), 3000);
+  EXPECT_EQ(wal->Int("SELECT count(*) FROM t"), 3);  // opens a new WAL: the header says WAL
+  int insert_rc = -1;
+  std::string insert_error;
+  std::thread inserting([&] {
+    insert_rc = sqlite3_exec(wal->get(), "INSERT INTO t VALUES (4)", nullptr, nullptr, nullptr);
+    if (insert_rc != SQLITE_OK) insert_error = wal->error();
+  });
+  // Until the INSERT waits for the turn at its read start (it asks: the turn is busy and the
+  // statement writes), then let the version write take RESERVED.
+  sctest::Db watch(path);
+  bool parked = false;
+  for (int i = 0; i < 5000 && !parked; ++i) {
+    parked = CoordinatorNumber(watch, "debug.parked") >= 1;
+    if (!parked) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(parked) << watch.Text("PRAGMA safeconc_stats");
+  fault::OpenLockGate();
+  inserting.join();
+  EXPECT_EQ(insert_rc, SQLITE_OK) << insert_error;
+  EXPECT_GE(CoordinatorNumber(watch, "file_writer_yields"), 1)
+      << watch.Text("PRAGMA safeconc_stats");
+  wal.reset();  // its SHARED lock goes: the switch's commit proceeds
+  switching.join();
+  EXPECT_EQ(mode, "delete");
+  EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
+}
 
 int main(int argc, char** argv) {
   fault::Register();  // before the extension wraps the default VFS

@@ -216,18 +216,44 @@ void Coordinator::BumpGenerationLocked() {
 
 // ---- The write turn --------------------------------------------------------------------
 
-bool Coordinator::HolderIsFileWriterLocked() const {
-  return holder_ != nullptr && holder_->file_writer.load(std::memory_order_seq_cst);
+bool Coordinator::FileWriterAheadLocked() const {
+  return (holder_ != nullptr && holder_->file_writer.load(std::memory_order_seq_cst)) ||
+         (past_ != nullptr && past_->file_writer.load(std::memory_order_seq_cst));
+}
+
+bool Coordinator::FileWriterAhead() {
+  if (file_writers_.load(std::memory_order_relaxed) == 0) return false;
+  MutexLock l(&mu_);
+  return FileWriterAheadLocked();
 }
 
 void Coordinator::NoteFileWriter(Ticket* t, bool held) {
+  if (t->file_writer.load(std::memory_order_relaxed) == held) return;
+  file_writers_.fetch_add(held ? 1 : -1, std::memory_order_relaxed);
   t->file_writer.store(held, std::memory_order_seq_cst);
   if (!held || read_lock_waiters_.load(std::memory_order_seq_cst) == 0) return;
   MutexLock l(&mu_);
-  if (holder_ != t) return;
+  if (holder_ != t && past_ != t) return;
   for (Place* u = line_.front(); u != nullptr; u = line_.Next(u)) {
-    if (u->holds_read_lock) u->cv.Signal();
+    if (u->holds_read_lock && u->parked > 0) {
+      ++stats_.file_writer_wakes;
+      u->cv.Signal();
+    }
   }
+}
+
+bool Coordinator::YieldInsteadOfParkLocked(Place& p) {
+  if (!p.holds_read_lock) return false;
+  // Counted before the check, so that NoteFileWriter either sees this waiter or is seen.
+  read_lock_waiters_.fetch_add(1, std::memory_order_seq_cst);
+  if (!FileWriterAheadLocked()) return false;  // parks; UnparkedLocked() uncounts it
+  read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+  ++stats_.file_writer_yields;
+  return true;
+}
+
+void Coordinator::UnparkedLocked(Place& p) {
+  if (p.holds_read_lock) read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid,
@@ -242,23 +268,17 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
     holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
-  EnqueueLocked(t, fair, now);
   Place& me = Of(t);
+  me.holds_read_lock = holds_read_lock;
+  if (holds_read_lock && FileWriterAheadLocked()) {
+    ++stats_.file_writer_yields;
+    return Grant::kYielded;  // a place t already had in line is kept: Cancel() it
+  }
+  EnqueueLocked(t, fair, now);
   for (;;) {
-    if (holds_read_lock) {
-      // Counted before the check, so that NoteFileWriter either sees this waiter or is seen.
-      read_lock_waiters_.fetch_add(1, std::memory_order_seq_cst);
-      if (HolderIsFileWriterLocked()) {
-        read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
-        return Grant::kYielded;  // still in line: Cancel() it
-      }
-      me.holds_read_lock = true;
-    }
+    if (YieldInsteadOfParkLocked(me)) return Grant::kYielded;  // in line: Cancel() it
     ParkLocked(t, WakeLocked(t, deadline, now));
-    if (holds_read_lock) {
-      me.holds_read_lock = false;
-      read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
-    }
+    UnparkedLocked(me);
     now = Clock::now();
     RevokeStaleLocked(now);
     if (MayTakeLocked(t, Ask::kWrite, now)) {
@@ -281,7 +301,11 @@ Coordinator::Grant Coordinator::TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock:
     holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
-  if (holds_read_lock && HolderIsFileWriterLocked()) return Grant::kYielded;
+  Of(t).holds_read_lock = holds_read_lock;
+  if (holds_read_lock && FileWriterAheadLocked()) {
+    ++stats_.file_writer_yields;
+    return Grant::kYielded;
+  }
   if (!queue) return Grant::kRefused;
   EnqueueLocked(t, fair, now);
   ++stats_.busy_returns;
@@ -343,7 +367,11 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
       return TurnWait::kReady;
     }
     if (now >= until) return TurnWait::kTimedOut;
+    // A WAL write start refused while a rollback-mode writer is ahead: its retry goes to the
+    // base lock (lock_paths.cc); waiting here would hold up that writer's commit.
+    if (YieldInsteadOfParkLocked(p)) return TurnWait::kReady;
     ParkLocked(t, WakeLocked(t, until, now));
+    UnparkedLocked(p);
     // Parked: a release that finds t at the front of the live waiters wakes it (and reserves
     // for it once it waited its bound).
     now = Clock::now();
@@ -610,6 +638,7 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("claim_lapsed", static_cast<int64_t>(stats_.claim_lapsed))
       .Field("turn_skipped", static_cast<int64_t>(stats_.turn_skipped))
       .Field("revoked", static_cast<int64_t>(stats_.revoked))
+      .Field("file_writer_yields", static_cast<int64_t>(stats_.file_writer_yields))
       .Field("busy_returns", static_cast<int64_t>(stats_.busy_returns))
       .Field("cross_process_busy", static_cast<int64_t>(stats_.cross_process_busy))
       .Field("busy_handlers_installed", static_cast<int64_t>(stats_.handlers_installed))
@@ -628,6 +657,7 @@ void Coordinator::WriteJson(JsonWriter& w) {
       .Field("change_waiters", static_cast<int64_t>(change_waiters_ + one_waiters_))
       .Field("read_txns", read_txns_)
       .Field("deferring", deferring_)
+      .Field("file_writer_wakes", static_cast<int64_t>(stats_.file_writer_wakes))
       .EndObject()
       .Key("write_turn");
   if (holder_ == nullptr) {

@@ -100,19 +100,25 @@ class Coordinator {
   // not held yet; revocable after timing::kPreReadLease until ReadStarted(t) (if that read
   // start fails, SQLite may never call this handle again to give the turn back).
   // `holds_read_lock`: t's connection holds the database file's SHARED lock while it waits (a
-  // WAL read start). It stops waiting (kYielded, still in line: Cancel() it) whenever the
-  // holder holds the file's write lock (Ticket::file_writer): that holder is in rollback mode
-  // (a journal_mode switch is under way) and its commit waits for t's SHARED lock.
+  // WAL read start). It stops waiting (kYielded; a place t already had in line is kept:
+  // Cancel() it) whenever FileWriterAhead(): that writer is in rollback mode (a journal_mode
+  // switch is under way) and its commit waits for t's SHARED lock.
   Grant AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid, Clock::duration fair,
                     bool pre_read = false, bool holds_read_lock = false) SC_EXCLUDES(mu_);
   // Grants the turn if t may take it now (kGranted). Otherwise, with `queue`, puts t in line
   // (a retry keeps its place) and returns kQueued; without, changes nothing (kRefused).
-  // `pre_read` and `holds_read_lock` as for AcquireTurn (kYielded: t not queued).
+  // `pre_read` and `holds_read_lock` as for AcquireTurn (kYielded: t not queued by this call).
   Grant TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock::duration fair, bool queue,
                 bool pre_read = false, bool holds_read_lock = false) SC_EXCLUDES(mu_);
-  // t's handle took (true) or gave back (false) its file's write lock (RESERVED or above, in
-  // rollback mode): sets t->file_writer, and wakes the waiters AcquireTurn must stop.
+  // t's handle took (true) or gave back (false) its file's lock above SHARED (RESERVED or more
+  // in rollback mode; EXCLUSIVE in WAL mode while it closes the WAL or in locking_mode=
+  // EXCLUSIVE): sets t->file_writer, and wakes the waiters AcquireTurn must stop.
   void NoteFileWriter(Ticket* t, bool held) SC_EXCLUDES(mu_);
+  // Does the turn holder, or an upgrade past it (GoPastHolder), hold its file's lock above
+  // SHARED? Then a WAL connection's requests are not this turn's business: its commit waits
+  // for their SHARED lock, and the WAL write lock is not its to hold (lock_paths.cc). One
+  // relaxed load when no handle of the file holds such a lock (WAL mode, always).
+  bool FileWriterAhead() SC_EXCLUDES(mu_);
   // A request SQLite will not retry was refused: counts the fast failure, leaves the line.
   void FastFail(Ticket* t) SC_EXCLUDES(mu_);
   // The read mark a pre-read turn was taken for is held: the turn is no longer revocable.
@@ -125,7 +131,8 @@ class Coordinator {
   // `cross_process`: counted as refused by another process (false: by a pass in this one).
   void YieldTurnKeepPlace(Ticket* t, bool cross_process = true) SC_EXCLUDES(mu_);
   // Busy-handler side: parks until t may take the turn (kReady) or `until` (kTimedOut).
-  // kNotQueued at once if t is not in line.
+  // kNotQueued at once if t is not in line. kReady too, at once, for a request queued with
+  // holds_read_lock while FileWriterAhead(): its retry goes to the base lock.
   enum class TurnWait { kReady, kTimedOut, kNotQueued };
   // t leaves to claim the turn through SQLite's retry: if the turn is reserved for t, the next
   // waiter is told to time its sleep to the reservation's end in case t never comes back.
@@ -245,20 +252,26 @@ class Coordinator {
   // holder_/reserved_, which are SC_GUARDED_BY(mu_). Clang checks both ways in.
   struct Place {
     explicit Place(Ticket* t) : ticket(t) {}
-    Ticket* const ticket;          // the ticket this is the place of (constant)
-    ListLink<Place> line_link;     // in line_ while queued
-    ListLink<Place> reader_link;   // in readers_ while it holds SHARED (rollback)
-    bool read_txn = false;         // in readers_ for an explicit transaction's read
-    uint64_t read_seq = 0;         // when it entered readers_ (DeferToReadTxns' snapshot)
-    bool open = true;              // false once the file closed
-    int parked = 0;                // threads of this handle waiting on cv right now (0 or 1)
-    Clock::time_point arrived;     // when the current request first queued
-    Clock::time_point seen;        // when its owner last waited here (kStaleTicket)
-    Clock::duration fair{};        // its connection's safeconc_fair_ms
-    CondVar cv;                    // signalled when the turn may be this ticket's
-    bool holds_read_lock = false;  // parked in AcquireTurn with holds_read_lock
+    Ticket* const ticket;         // the ticket this is the place of (constant)
+    ListLink<Place> line_link;    // in line_ while queued
+    ListLink<Place> reader_link;  // in readers_ while it holds SHARED (rollback)
+    bool read_txn = false;        // in readers_ for an explicit transaction's read
+    uint64_t read_seq = 0;        // when it entered readers_ (DeferToReadTxns' snapshot)
+    bool open = true;             // false once the file closed
+    int parked = 0;               // threads of this handle waiting on cv right now (0 or 1)
+    Clock::time_point arrived;    // when the current request first queued
+    Clock::time_point seen;       // when its owner last waited here (kStaleTicket)
+    Clock::duration fair{};       // its connection's safeconc_fair_ms
+    CondVar cv;                   // signalled when the turn may be this ticket's
+    // Its latest request was asked with holds_read_lock (AcquireTurn, TryTurn): while it
+    // waits (there or in WaitForTurn), its connection holds the file's SHARED lock.
+    bool holds_read_lock = false;
   };
-  bool HolderIsFileWriterLocked() const SC_REQUIRES(mu_);
+  bool FileWriterAheadLocked() const SC_REQUIRES(mu_);
+  // Before p's waiter parks: true if it must not (it holds a read lock and FileWriterAhead());
+  // otherwise counts it for NoteFileWriter's wake-up until UnparkedLocked.
+  bool YieldInsteadOfParkLocked(Place& p) SC_REQUIRES(mu_);
+  void UnparkedLocked(Place& p) SC_REQUIRES(mu_);
   friend class Ticket;  // holds its Place
   Place& Of(Ticket* t) const SC_REQUIRES(mu_);
   void RemoveReaderLocked(Place& p) SC_REQUIRES(mu_);
@@ -293,10 +306,11 @@ class Coordinator {
   int one_waiters_ SC_GUARDED_BY(mu_) = 0;
   CondVar changed_one_;
   std::atomic<bool> contended_{false};  // see Contended()
-  // Threads parked in AcquireTurn with holds_read_lock (NoteFileWriter wakes them). Read
+  // Threads parked whose place has holds_read_lock (NoteFileWriter wakes them). Read
   // without the mutex by NoteFileWriter after its store to file_writer, both seq_cst: either
   // it sees the waiter, or the waiter sees file_writer before it parks.
   std::atomic<int> read_lock_waiters_{0};
+  std::atomic<int> file_writers_{0};  // tickets with file_writer set (FileWriterAhead's hint)
 
   struct Stats {
     uint64_t acquisitions = 0;      // turns granted
@@ -319,6 +333,8 @@ class Coordinator {
     uint64_t handlers_installed = 0;    // busy handlers enforced on connections without one
     uint64_t in_lock_waits = 0;         // waits inside a lock call (safe points)
     uint64_t revoked = 0;               // pre-read turns revoked after a failed read start
+    uint64_t file_writer_yields = 0;    // WAL read starts that stopped waiting (FileWriterAhead)
+    uint64_t file_writer_wakes = 0;     // parked such waiters woken by NoteFileWriter
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;
   } stats_ SC_GUARDED_BY(mu_);
@@ -342,9 +358,9 @@ class Ticket {
   // for the turn (so a holder's value is published by the coordinator's mutex) and cleared
   // once its write lock is taken; read under the mutex by GoPastHolder.
   std::atomic<bool> write_retried{false};
-  // The handle holds its file's write lock (RESERVED or above: rollback mode). Written by the
-  // handle's lock paths through Coordinator::NoteFileWriter; read under the coordinator's
-  // mutex of the holder by waiters that hold a read lock (AcquireTurn).
+  // The handle holds its file's lock above SHARED (Coordinator::NoteFileWriter). Written by
+  // the handle's lock paths through NoteFileWriter; read under the coordinator's mutex, of
+  // the holder or of an upgrade past it (FileWriterAheadLocked).
   std::atomic<bool> file_writer{false};
 
  private:

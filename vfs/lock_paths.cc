@@ -79,17 +79,18 @@ void ReleaseTurns(ShimFile* p) {
   Coord(p).ReleaseTurn(p->ticket.get());
 }
 
-// In WAL mode, does this handle hold the database file's lock above SHARED? Only while it
-// closes the WAL (the checkpoint of a close or of journal_mode=DELETE, under EXCLUSIVE: wal.c
-// makes no WAL-index lock calls then, so no CKPT lock tells it apart from a read start) or in
-// locking_mode=EXCLUSIVE. Every other connection of the file waits for that lock, possibly
-// holding the write turn (taken at its lock period's start, then waiting for SHARED): waiting
-// for the turn there deadlocks (threadtest3's walthread2 hung so, and would forever with its
-// busy handler that never gives up). The lock alone already keeps everyone out: no turn needed.
+// Does this handle hold the database file's lock above SHARED (as far as the lock paths know:
+// a failed EXCLUSIVE counts as PENDING)? In WAL mode only while it closes the WAL (the
+// checkpoint of a close or of journal_mode=DELETE, under EXCLUSIVE: wal.c makes no WAL-index
+// lock calls then, so no CKPT lock tells it apart from a read start) or in
+// locking_mode=EXCLUSIVE. A WAL read start does not wait for the turn then: every other
+// connection of the file waits for that lock, possibly holding the turn (taken at its lock
+// period's start, then waiting for SHARED), and the wait deadlocks (threadtest3's walthread2
+// hung so, forever with its busy handler that never gives up).
 bool HoldsFileLock(ShimFile* p) { return p->level > SQLITE_LOCK_SHARED; }
 
-// Records the base lock level; tells the coordinator when the handle takes or gives back its
-// file's write lock (a WAL read start does not wait for such a holder: Ticket::file_writer).
+// Records the base lock level; tells the coordinator when the handle's lock crosses SHARED
+// (Coordinator::NoteFileWriter: WAL connections do not wait for such a turn holder).
 void SetLevel(ShimFile* p, int level) {
   const bool was = HoldsFileLock(p);
   p->level = level;
@@ -169,15 +170,16 @@ bool WaitInLock(ShimFile* p, const char* lock, Attempt attempt, Park park) {
 }
 
 // Takes the write turn at the start of a lock period (a safe point: no lock of this file is
-// held, or in WAL only the database's SHARED lock, which no writer waits for). Returns false
+// held, or in WAL only the database's SHARED lock, which only a rollback-mode writer waits
+// for: see `wal` below). Returns false
 // if it could not: the period then goes on without the turn, as stock SQLite would serve it
 // (counted as turn_skipped). A holder last used on this very thread is not waited for: if
 // this thread is the one to finish its transaction, it cannot while we wait, and the read
 // needs no turn.
 // `wal`: a WAL read start, which holds the database file's SHARED lock while it waits; it
-// stops waiting when the holder holds the file's write lock (Coordinator::AcquireTurn's
-// holds_read_lock: during a journal_mode switch, a rollback-mode holder's commit waits for
-// that SHARED lock), and goes on without the turn, as stock SQLite would.
+// stops waiting when a rollback-mode writer is ahead (Coordinator::FileWriterAhead: during a
+// journal_mode switch, that writer's commit waits for this SHARED lock), and goes on without
+// the turn, as stock SQLite would (turn_yielded).
 bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   Coordinator& c = Coord(p);
   Ticket* t = p->ticket.get();
@@ -221,9 +223,10 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   });
   if (yielded) {
     // Not a timeout: nothing to report, and the lock period goes on as in stock SQLite.
+    Xp(p).Cancel(p->handle_id);
     c.Cancel(t, Coordinator::CancelWhy::kGaveUp);
     c.CountTurnSkipped();
-    p->turn_gave_up = true;
+    p->turn_yielded = true;
     if (!had_refusal) ClearRefusal(p);
     return false;
   }
@@ -252,10 +255,16 @@ void UpgradeShared(ShimFile* p, uint64_t tid) {
   Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/true);
 }
 
+// TakeTurnForWrite's answer for a WAL write start while a rollback-mode writer is ahead.
+constexpr int kBaseDecides = -1;
+
 // Asks for the write turn where waiting is unsafe (the connection holds a read lock).
 // Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (retried
 // through the busy handler) or failed. `will_retry`: WillRetry(p), looked up by the caller.
-int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry) {
+// `wal`: a WAL write start; kBaseDecides (the turn not taken) when a rollback-mode writer is
+// ahead (Coordinator::FileWriterAhead): it holds no WAL write lock, its commit waits for this
+// connection's SHARED lock, and stock SQLite would grant this write.
+int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
   Coordinator& c = Coord(p);
   Ticket* t = p->ticket.get();
   const uint64_t tid = CurrentThreadId();
@@ -276,12 +285,14 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry) {
   if (!will_retry) {
     // An upgrade: SQLite fails it at once when refused, so it takes any free turn, as stock
     // SQLite grants any free write lock, whoever waits.
-    if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/false) ==
-        Coordinator::Grant::kGranted) {
+    const Coordinator::Grant g = c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p),
+                                           /*queue=*/false, /*pre_read=*/false, wal);
+    if (g == Coordinator::Grant::kGranted) {
       p->upgraded = true;
       UpgradeShared(p, tid);
       return SQLITE_OK;
     }
+    if (g == Coordinator::Grant::kYielded) return kBaseDecides;
     if (c.GoPastHolder(t)) {
       // The holder took the turn for a writing statement and may not be at its write lock
       // yet: stock SQLite would grant this write if the base lock is free, and the holder, if
@@ -301,16 +312,20 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry) {
   if (p->turn_gave_up) {
     // This lock period already waited its timeout for the turn at its start
     // (safeconc_last_busy() tells of that wait): a second wait would double it.
-    if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/false) ==
-        Coordinator::Grant::kGranted) {
+    const Coordinator::Grant g = c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p),
+                                           /*queue=*/false, /*pre_read=*/false, wal);
+    if (g == Coordinator::Grant::kGranted) {
       UpgradeShared(p, tid);
       return SQLITE_OK;
     }
+    if (g == Coordinator::Grant::kYielded) return kBaseDecides;
     NoteRefusal(p, lock, BusyKind::kFinal);
     return SQLITE_BUSY;
   }
-  if (c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true) ==
-      Coordinator::Grant::kGranted) {
+  const Coordinator::Grant g = c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p),
+                                         /*queue=*/true, /*pre_read=*/false, wal);
+  if (g == Coordinator::Grant::kYielded) return kBaseDecides;
+  if (g == Coordinator::Grant::kGranted) {
     if (TakeShared(p, tid, nullptr)) return SQLITE_OK;
     // Another process has the turn (or its waiter is past its bound): SQLite retries after
     // the busy handler, which waits for a release there; first place here is kept.
@@ -334,7 +349,7 @@ void MaybeEndWalPeriod(ShimFile* p) {
       p->past_holder) {
     return;
   }
-  p->turn_gave_up = false;
+  p->turn_gave_up = p->turn_yielded = false;
   p->upgraded = false;
   DropReason(p, kReasonTxn);
 }
@@ -416,7 +431,18 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
   // again meanwhile (never seen), the base decides in the branch below, which keeps the pass
   // if the lock is still held.
   if (!held && !p->past_holder) {
-    const int rc = TakeTurnForWrite(p, lock, will_retry);
+    const int rc = TakeTurnForWrite(p, lock, will_retry, wal);
+    if (rc == kBaseDecides) {
+      // A rollback-mode writer is ahead (a journal_mode switch is under way): the WAL write
+      // lock alone decides, without the turn, as in stock SQLite.
+      const int base = attempt();
+      if (base == SQLITE_OK) {
+        ClearRefusal(p);
+      } else if (base == SQLITE_BUSY) {
+        BaseRefused(p, lock, /*took=*/false);
+      }
+      return base;
+    }
     if (rc != SQLITE_OK) return rc;
   }
   if (p->past_holder) {
@@ -645,7 +671,7 @@ int LockPathUnlock(ShimFile* p, int level) {
   if (level == SQLITE_LOCK_NONE) {
     // The lock period ends. In WAL mode it is the read mark's period (see ShmLock), but a
     // turn taken at the first SHARED must not outlive the connection's locks either.
-    p->turn_gave_up = false;
+    p->turn_gave_up = p->turn_yielded = false;
     DropReason(p, kReasonTxn);
     Coord(p).ReaderLeave(p->ticket.get());
     Xp(p).NotifyChange();  // a commit in another process may wait for this read to end
@@ -685,8 +711,8 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
                          offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
   if (read_mark && lock) {
     bool took = false;
-    if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !HoldsFileLock(p) &&
-        TxnWantsTurn(p)) {
+    if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->turn_yielded &&
+        !HoldsFileLock(p) && TxnWantsTurn(p)) {
       // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL; a read whose turn
       // cannot be had goes on without it, as stock SQLite would serve it.
       took = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/false, /*wal=*/true);
@@ -737,7 +763,7 @@ void LockPathShmBarrier(ShimFile* p) {
   // barrier on every retry of its read loop). Nor is the turn waited for under the database
   // file's EXCLUSIVE lock (HoldsFileLock).
   if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->ckpt_held &&
-      !HoldsFileLock(p) && TxnWantsTurn(p)) {
+      !p->turn_yielded && !HoldsFileLock(p) && TxnWantsTurn(p)) {
     p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true, /*wal=*/true);
     p->xproc_pre_read = p->pre_read_turn && Xp(p).MarkPreRead(p->handle_id);
   }
@@ -745,6 +771,7 @@ void LockPathShmBarrier(ShimFile* p) {
 
 void LockPathClose(ShimFile* p) {
   ClearRefusal(p);
+  SetLevel(p, SQLITE_LOCK_NONE);  // SQLite unlocks before it closes; a close is the end anyway
   EndPastHolder(p);
   Xp(p).Release(p->handle_id);
   Coord(p).Close(p->ticket.get());

@@ -65,6 +65,10 @@ struct ShimFile {
   // the read went on without the turn: no second wait until the period ends, and its write
   // fails at once rather than wait a second timeout.
   bool turn_gave_up = false;
+  // A WAL read start of this lock period stopped waiting for the turn because a rollback-mode
+  // writer is ahead (Coordinator::FileWriterAhead, during a journal_mode switch): its read
+  // goes on without the turn, and is not asked again until the period ends.
+  bool turn_yielded = false;
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   bool upgraded = false;   // rollback: this write transaction began as a read (an upgrade)
   // An upgrade that found the turn held by a writing statement not yet at its write lock
