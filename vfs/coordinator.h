@@ -88,8 +88,8 @@ class Coordinator {
     kWrite,    // a request SQLite retries, or a wait at a safe point: the fairness rule applies
     kUpgrade,  // a read transaction that asks to write (never retried): any free turn will do
   };
-  // kYielded: asked with `holds_read_lock`, and the holder holds its file's write lock (see
-  // AcquireTurn).
+  // kYielded: asked with `holds_read_lock` while the holder, or an upgrade past it, holds its
+  // file's lock above SHARED (see AcquireTurn).
   enum class Grant { kGranted, kQueued, kTimeout, kRefused, kYielded };
   enum class CancelWhy { kClosed, kTimeout, kGaveUp };
 
@@ -101,8 +101,8 @@ class Coordinator {
   // start fails, SQLite may never call this handle again to give the turn back).
   // `holds_read_lock`: t's connection holds the database file's SHARED lock while it waits (a
   // WAL read start). It stops waiting (kYielded; a place t already had in line is kept:
-  // Cancel() it) whenever FileWriterAhead(): that writer is in rollback mode (a journal_mode
-  // switch is under way) and its commit waits for t's SHARED lock.
+  // Cancel() it) whenever a file writer is ahead (FileWriterAheadLocked): that writer is in
+  // rollback mode (a journal_mode switch is under way) and its commit waits for t's SHARED lock.
   Grant AcquireTurn(Ticket* t, Clock::time_point deadline, uint64_t tid, Clock::duration fair,
                     bool pre_read = false, bool holds_read_lock = false) SC_EXCLUDES(mu_);
   // Grants the turn if t may take it now (kGranted). Otherwise, with `queue`, puts t in line
@@ -114,11 +114,7 @@ class Coordinator {
   // in rollback mode; EXCLUSIVE in WAL mode while it closes the WAL or in locking_mode=
   // EXCLUSIVE): sets t->file_writer, and wakes the waiters AcquireTurn must stop.
   void NoteFileWriter(Ticket* t, bool held) SC_EXCLUDES(mu_);
-  // Does the turn holder, or an upgrade past it (GoPastHolder), hold its file's lock above
-  // SHARED? Then a WAL connection's requests are not this turn's business: its commit waits
-  // for their SHARED lock, and the WAL write lock is not its to hold (lock_paths.cc). One
-  // relaxed load when no handle of the file holds such a lock (WAL mode, always).
-  bool FileWriterAhead() SC_EXCLUDES(mu_);
+
   // A request SQLite will not retry was refused: counts the fast failure, leaves the line.
   void FastFail(Ticket* t) SC_EXCLUDES(mu_);
   // The read mark a pre-read turn was taken for is held: the turn is no longer revocable.
@@ -132,7 +128,7 @@ class Coordinator {
   void YieldTurnKeepPlace(Ticket* t, bool cross_process = true) SC_EXCLUDES(mu_);
   // Busy-handler side: parks until t may take the turn (kReady) or `until` (kTimedOut).
   // kNotQueued at once if t is not in line. kReady too, at once, for a request queued with
-  // holds_read_lock while FileWriterAhead(): its retry goes to the base lock.
+  // holds_read_lock while a file writer is ahead: its retry goes to the base lock.
   enum class TurnWait { kReady, kTimedOut, kNotQueued };
   // t leaves to claim the turn through SQLite's retry: if the turn is reserved for t, the next
   // waiter is told to time its sleep to the reservation's end in case t never comes back.
@@ -267,11 +263,16 @@ class Coordinator {
     // waits (there or in WaitForTurn), its connection holds the file's SHARED lock.
     bool holds_read_lock = false;
   };
+  // Does the turn holder, or an upgrade past it (GoPastHolder), hold its file's lock above
+  // SHARED? Then a WAL connection's requests are not this turn's business: that writer's
+  // commit waits for their SHARED lock, and the WAL write lock is not its to hold.
   bool FileWriterAheadLocked() const SC_REQUIRES(mu_);
-  // Before p's waiter parks: true if it must not (it holds a read lock and FileWriterAhead());
-  // otherwise counts it for NoteFileWriter's wake-up until UnparkedLocked.
-  bool YieldInsteadOfParkLocked(Place& p) SC_REQUIRES(mu_);
-  void UnparkedLocked(Place& p) SC_REQUIRES(mu_);
+  // Before p's waiter parks: kYield if it must not (it holds a read lock and a file writer is
+  // ahead); kCounted if it parks counted in read_lock_waiters_ (for NoteFileWriter's wake-up)
+  // until AfterParkLocked; kPlain otherwise.
+  enum class ParkAs { kPlain, kCounted, kYield };
+  ParkAs BeforeParkLocked(const Place& p) SC_REQUIRES(mu_);
+  void AfterParkLocked(ParkAs as) SC_REQUIRES(mu_);
   friend class Ticket;  // holds its Place
   Place& Of(Ticket* t) const SC_REQUIRES(mu_);
   void RemoveReaderLocked(Place& p) SC_REQUIRES(mu_);
@@ -310,7 +311,6 @@ class Coordinator {
   // without the mutex by NoteFileWriter after its store to file_writer, both seq_cst: either
   // it sees the waiter, or the waiter sees file_writer before it parks.
   std::atomic<int> read_lock_waiters_{0};
-  std::atomic<int> file_writers_{0};  // tickets with file_writer set (FileWriterAhead's hint)
 
   struct Stats {
     uint64_t acquisitions = 0;      // turns granted
@@ -333,7 +333,7 @@ class Coordinator {
     uint64_t handlers_installed = 0;    // busy handlers enforced on connections without one
     uint64_t in_lock_waits = 0;         // waits inside a lock call (safe points)
     uint64_t revoked = 0;               // pre-read turns revoked after a failed read start
-    uint64_t file_writer_yields = 0;    // WAL read starts that stopped waiting (FileWriterAhead)
+    uint64_t file_writer_yields = 0;    // WAL requests that did not wait (FileWriterAheadLocked)
     uint64_t file_writer_wakes = 0;     // parked such waiters woken by NoteFileWriter
     Histogram in_lock_wait_us;
     int64_t max_queue = 0;

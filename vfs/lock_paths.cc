@@ -177,7 +177,7 @@ bool WaitInLock(ShimFile* p, const char* lock, Attempt attempt, Park park) {
 // this thread is the one to finish its transaction, it cannot while we wait, and the read
 // needs no turn.
 // `wal`: a WAL read start, which holds the database file's SHARED lock while it waits; it
-// stops waiting when a rollback-mode writer is ahead (Coordinator::FileWriterAhead: during a
+// stops waiting when a rollback-mode writer is ahead (Coordinator::FileWriterAheadLocked: during a
 // journal_mode switch, that writer's commit waits for this SHARED lock), and goes on without
 // the turn, as stock SQLite would (turn_yielded).
 bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
@@ -262,7 +262,7 @@ constexpr int kBaseDecides = -1;
 // Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (retried
 // through the busy handler) or failed. `will_retry`: WillRetry(p), looked up by the caller.
 // `wal`: a WAL write start; kBaseDecides (the turn not taken) when a rollback-mode writer is
-// ahead (Coordinator::FileWriterAhead): it holds no WAL write lock, its commit waits for this
+// ahead (Coordinator::FileWriterAheadLocked): it holds no WAL write lock, its commit waits for this
 // connection's SHARED lock, and stock SQLite would grant this write.
 int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
   Coordinator& c = Coord(p);
@@ -274,11 +274,13 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
     // would get it from stock SQLite); a refused request queues, and if SQLite does retry it
     // through the busy handler, it waits there like any other (a request never retried never
     // parks, so it is skipped by everyone and goes stale).
-    if (c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p), /*queue=*/true) ==
-        Coordinator::Grant::kGranted) {
+    const Coordinator::Grant g = c.TryTurn(t, Coordinator::Ask::kUpgrade, tid, Fair(p),
+                                           /*queue=*/true, /*pre_read=*/false, wal);
+    if (g == Coordinator::Grant::kGranted) {
       UpgradeShared(p, tid);
       return SQLITE_OK;
     }
+    if (g == Coordinator::Grant::kYielded) return kBaseDecides;
     NoteRefusal(p, lock, BusyKind::kTurn);
     return SQLITE_BUSY;
   }
@@ -346,7 +348,7 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
 // of the line. Called after each read-mark and WRITE release.
 void MaybeEndWalPeriod(ShimFile* p) {
   if (p->read_marks != 0 || (p->turn_reasons & kReasonWrite) != 0 || p->pre_read_turn ||
-      p->past_holder) {
+      p->past_holder || p->base_write) {
     return;
   }
   p->turn_gave_up = p->turn_yielded = false;
@@ -434,10 +436,13 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
     const int rc = TakeTurnForWrite(p, lock, will_retry, wal);
     if (rc == kBaseDecides) {
       // A rollback-mode writer is ahead (a journal_mode switch is under way): the WAL write
-      // lock alone decides, without the turn, as in stock SQLite.
+      // lock alone decides, without the turn, as in stock SQLite. A place an earlier refusal
+      // queued is given up (it would hold up the line, or a reservation, for nothing).
+      Coord(p).Cancel(p->ticket.get(), Coordinator::CancelWhy::kGaveUp);
       const int base = attempt();
       if (base == SQLITE_OK) {
         ClearRefusal(p);
+        p->base_write = true;
       } else if (base == SQLITE_BUSY) {
         BaseRefused(p, lock, /*took=*/false);
       }
@@ -691,6 +696,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
   if (offset == kWalWriteLock && n == 1 && (flags & SQLITE_SHM_EXCLUSIVE)) {
     if (!lock) {
       rc = o->pMethods->xShmLock(o, offset, n, flags);
+      p->base_write = false;
       DropReason(p, kReasonWrite);
       EndPastHolder(p);
       MaybeEndWalPeriod(p);

@@ -66,9 +66,13 @@ struct ShimFile {
   // fails at once rather than wait a second timeout.
   bool turn_gave_up = false;
   // A WAL read start of this lock period stopped waiting for the turn because a rollback-mode
-  // writer is ahead (Coordinator::FileWriterAhead, during a journal_mode switch): its read
+  // writer is ahead (Coordinator::FileWriterAheadLocked, during a journal_mode switch): its read
   // goes on without the turn, and is not asked again until the period ends.
   bool turn_yielded = false;
+  // WAL: the write lock was taken without the turn (a rollback-mode writer was ahead): the lock
+  // period does not end before it is released (wal.c's log restart drops the read mark while
+  // holding it, and the next read mark must not wait for the turn).
+  bool base_write = false;
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   bool upgraded = false;   // rollback: this write transaction began as a read (an upgrade)
   // An upgrade that found the turn held by a writing statement not yet at its write lock
