@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/coordinator_v2_util.h"
 #include "tests/fault_vfs.h"
 #include "tests/trampoline_util.h"
 
@@ -369,19 +370,7 @@ TEST(BaseRefusal, WalTurnHolderRidesOutABlip) {
 // One number of a connection's coordinator stats ($.coordinator.<path> of PRAGMA
 // safeconc_stats), -1 if absent.
 int64_t CoordinatorNumber(sctest::Db& db, const char* path) {
-  const std::string stats = db.Text("PRAGMA safeconc_stats");
-  sqlite3_stmt* st = nullptr;
-  int64_t v = -1;
-  if (sqlite3_prepare_v2(db.get(), "SELECT json_extract(?1, ?2)", -1, &st, nullptr) == SQLITE_OK) {
-    const std::string p = std::string("$.coordinator.") + path;
-    sqlite3_bind_text(st, 1, stats.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, p.c_str(), -1, SQLITE_TRANSIENT);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-      v = sqlite3_column_int64(st, 0);
-    }
-  }
-  sqlite3_finalize(st);
-  return v;
+  return v2test::CoordinatorStat(db.Text("PRAGMA safeconc_stats"), path).value_or(-1);
 }
 
 // A switch to journal_mode=DELETE, with another connection opened in its window. The switching
