@@ -115,6 +115,15 @@ bool TxnWantsTurn(ShimFile* p) {
   return Contended(p) && StatementWillWrite(db);
 }
 
+// Does a WAL read start (its barrier, or its read mark if the barrier did not ask) take the
+// turn first? Not when this lock period already holds or went past it, already stopped
+// waiting for a rollback-mode writer (turn_yielded), or the handle holds the file's lock
+// above SHARED (HoldsFileLock).
+bool WalReadStartWantsTurn(ShimFile* p) {
+  return p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->turn_yielded &&
+         !HoldsFileLock(p) && TxnWantsTurn(p);
+}
+
 void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
 
 void DropReason(ShimFile* p, unsigned reason) {
@@ -717,8 +726,7 @@ int LockPathShmLock(ShimFile* p, int offset, int n, int flags) {
                          offset < kWalReadLock0 + kWalReadLocks && (flags & SQLITE_SHM_SHARED);
   if (read_mark && lock) {
     bool took = false;
-    if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->turn_yielded &&
-        !HoldsFileLock(p) && TxnWantsTurn(p)) {
+    if (WalReadStartWantsTurn(p)) {
       // A SQLITE_BUSY here would make wal.c spin and report SQLITE_PROTOCOL; a read whose turn
       // cannot be had goes on without it, as stock SQLite would serve it.
       took = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/false, /*wal=*/true);
@@ -768,8 +776,7 @@ void LockPathShmBarrier(ShimFile* p) {
   // A turn wait that already gave up in this lock period is not repeated (wal.c calls the
   // barrier on every retry of its read loop). Nor is the turn waited for under the database
   // file's EXCLUSIVE lock (HoldsFileLock).
-  if (p->read_marks == 0 && p->turn_reasons == 0 && !p->past_holder && !p->ckpt_held &&
-      !p->turn_yielded && !HoldsFileLock(p) && TxnWantsTurn(p)) {
+  if (!p->ckpt_held && WalReadStartWantsTurn(p)) {
     p->pre_read_turn = TakeTurnForTxn(p, "WAL READ", /*pre_read=*/true, /*wal=*/true);
     p->xproc_pre_read = p->pre_read_turn && Xp(p).MarkPreRead(p->handle_id);
   }
