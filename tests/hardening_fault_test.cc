@@ -13,6 +13,7 @@
 // each file is at rest (no write-turn holder, empty queue, no reader, only the idle sentinel
 // connection's handle left, no UDF task in flight). ASan builds check for leaks at exit.
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "tests/coordinator_v2_util.h"
+#include "tests/crossproc_util.h"
 #include "tests/fault_vfs.h"
 #include "tests/trampoline_util.h"
 
@@ -434,6 +436,116 @@ TEST(JournalSwitch, WalConnectionInTheWindowIsServedBesideTheRollbackWrite) {
   wal.reset();  // its SHARED lock goes: the switch's commit proceeds
   switching.join();
   EXPECT_EQ(mode, "delete");
+  EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
+}
+
+// The same switch with the WAL connection in another process that loads libsafeconc: there
+// the switching connection holds the *shared* turn (vfs/xproc.h) while its commit waits for
+// that connection's SHARED lock, and the sidecar has to tell the other process so
+// (XShared::file_writer). Before it did, the child's INSERT waited for the shared turn at its
+// read start until its busy handler gave up (5 s here; forever with one that never gives up),
+// and only then went on without it.
+TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite) {
+  ASSERT_NE(A(), nullptr);
+  sctest::TempDir dir;
+  const std::string path = dir.File("x.db");
+  {
+    sctest::Db setup(path);
+    EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
+    setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
+  }
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  // The child attaches to the sidecar at once (so this process takes the shared turn for its
+  // write), then waits for the window to open before its first read.
+  xptest::Child child = xptest::ForkChild([&](int out) {
+    close(go[1]);
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
+                        nullptr) != SQLITE_OK) {
+      return 2;
+    }
+    // A binding's handler that gives up after 50 calls of 100 ms each: it is called while the
+    // INSERT waits (for the turn, or the WAL write lock), so the count tells a wait from none.
+    static int calls = 0;
+    sqlite3_busy_handler(
+        db,
+        [](void*, int n) {
+          ++calls;
+          if (n >= 50) return 0;
+          sqlite3_sleep(100);
+          return 1;
+        },
+        nullptr);
+    char c = 0;
+    if (write(out, "a", 1) != 1 || read(go[0], &c, 1) != 1) return 3;
+    sqlite3_stmt* st = nullptr;
+    int rows = -1;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM t", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      rows = sqlite3_column_int(st, 0);  // opens a new WAL: the header still says WAL
+    }
+    sqlite3_finalize(st);
+    const int rc = sqlite3_exec(db, "INSERT INTO t VALUES (4)", nullptr, nullptr, nullptr);
+    std::string r =
+        std::to_string(rows) + " " + std::to_string(rc) + " " + std::to_string(calls) + " ";
+    if (rc != SQLITE_OK) r += sqlite3_errmsg(db);
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(db, "PRAGMA safeconc_stats", -1, &q, nullptr) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+      r += std::to_string(
+          v2test::CoordinatorStat(reinterpret_cast<const char*>(sqlite3_column_text(q, 0)),
+                                  "file_writer_yields")
+              .value_or(-1));
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);  // its SHARED lock goes: the switch's commit proceeds
+    return write(out, r.data(), r.size()) == static_cast<ssize_t>(r.size()) ? 0 : 4;
+  });
+  close(go[0]);
+  char c = 0;
+  ASSERT_EQ(read(child.out, &c, 1), 1) << "the child did not open the database";
+  sctest::Db switcher(path);
+  sqlite3_busy_timeout(switcher.get(), 10000);
+  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
+  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
+  std::string mode;
+  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
+  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const bool asked = fault::LocksHeld() == 1;
+  EXPECT_TRUE(asked) << "the version write never asked for RESERVED";
+  sctest::Db watch(path);
+  const std::string stats = watch.Text("PRAGMA safeconc_stats");
+  // The switcher holds the shared turn (else the child would not wait for it: no proof).
+  const size_t xp = stats.find("\"crossproc\"");
+  EXPECT_EQ(xptest::JsonInt(stats, "pid", stats.find("\"holder\"", xp)), getpid()) << stats;
+  EXPECT_EQ(write(go[1], "g", 1), 1);
+  close(go[1]);
+  // Until the child's INSERT waits in the shared line (its read start: the turn is busy and
+  // the statement writes), then let the version write take RESERVED.
+  bool queued = false;
+  for (int i = 0; i < 5000 && asked && !queued; ++i) {
+    const std::string now = watch.Text("PRAGMA safeconc_stats");
+    queued = xptest::JsonInt(now, "queue_depth", now.find("\"crossproc\"")) >= 1;
+    if (!queued) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(queued) << watch.Text("PRAGMA safeconc_stats");
+  fault::OpenLockGate();
+  const std::string report = xptest::ReadAll(child.out);
+  EXPECT_EQ(child.Wait(), 0);
+  int rows = -1, rc = -1, calls = -1, yields = -1;
+  ASSERT_GE(std::sscanf(report.c_str(), "%d %d %d %d", &rows, &rc, &calls, &yields), 3) << report;
+  EXPECT_EQ(rows, 3);
+  EXPECT_EQ(rc, SQLITE_OK) << report;
+  // Once or twice while the version write waits at the gate (then it takes RESERVED, and the
+  // child stops waiting for its turn); 50, for 5 s, when the child waited it out.
+  EXPECT_LT(calls, 25) << report;
+  EXPECT_GE(yields, 1) << report;  // counted by the child, whose requests did not wait
+  switching.join();
+  EXPECT_EQ(mode, "delete");
+  EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
   EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
 }
 

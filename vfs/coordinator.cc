@@ -570,6 +570,10 @@ void Coordinator::CountTurnSkipped() {
   MutexLock l(&mu_);
   ++stats_.turn_skipped;
 }
+void Coordinator::CountFileWriterYield() {
+  MutexLock l(&mu_);
+  ++stats_.file_writer_yields;
+}
 void Coordinator::CountInLockWait(Clock::duration waited) {
   MutexLock l(&mu_);
   ++stats_.in_lock_waits;

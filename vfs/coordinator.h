@@ -199,6 +199,9 @@ class Coordinator {
   void CountHandlerInstalled() SC_EXCLUDES(mu_);
   void CountInLockWait(Clock::duration waited) SC_EXCLUDES(mu_);
   void CountTurnSkipped() SC_EXCLUDES(mu_);
+  // A WAL request did not wait for the shared turn: a handle of another process holds the
+  // file's lock above SHARED (CrossProcess::OtherFileWriter).
+  void CountFileWriterYield() SC_EXCLUDES(mu_);
 
   // A racy hint, for the lock paths' fast path: is the turn held or anyone in line? Written
   // under mu_ whenever either changes, read without it (relaxed: a stale answer only means

@@ -57,17 +57,28 @@ bool Contended(ShimFile* p) { return Coord(p).Contended() || Xp(p).Contended(); 
 // or when the sidecar cannot be had (no sidecar, its mutex not available in time): the base
 // lock then decides, as without it. `until`: wait in the shared line until then; none: only
 // a free turn a newcomer may take. `since`: when the request began waiting in this process.
+// `yielded`: given for a WAL read start (which holds the database file's SHARED lock); set,
+// and false returned, when a handle of another process holds the file's lock above SHARED
+// (CrossProcess::OtherFileWriter): a rollback-mode writer of a journal_mode switch, whose
+// commit waits for that SHARED lock while it holds the shared turn, or waits for its holder.
 bool TakeShared(ShimFile* p, uint64_t tid, const Clock::time_point* until,
-                Clock::time_point since = Clock::now()) {
+                Clock::time_point since = Clock::now(), bool* yielded = nullptr) {
   // Waiting in the shared line, this handle holds up this process's line: its fairness
   // clock there starts when the longest-waiting of them began (looked up only if the shared
   // line is in use: a process alone skips the coordinator's mutex on every park).
   if (until != nullptr && !Xp(p).Engaged()) return true;
   const CrossProcess::Grant g =
-      until != nullptr ? Xp(p).Take(p->handle_id, tid, Fair(p),
-                                    Coord(p).OldestWaitSince(p->ticket.get(), since), *until)
-                       : Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/false);
-  return g == CrossProcess::Grant::kGranted || g == CrossProcess::Grant::kUnavailable;
+      until != nullptr
+          ? Xp(p).Take(p->handle_id, tid, Fair(p), Coord(p).OldestWaitSince(p->ticket.get(), since),
+                       *until, yielded != nullptr)
+          : Xp(p).TryTake(p->handle_id, tid, /*upgrade=*/false);
+  if (g == CrossProcess::Grant::kGranted || g == CrossProcess::Grant::kUnavailable) return true;
+  if (yielded != nullptr &&
+      (g == CrossProcess::Grant::kYielded || (until == nullptr && Xp(p).OtherFileWriter()))) {
+    *yielded = true;
+    Coord(p).CountFileWriterYield();
+  }
+  return false;
 }
 
 // Gives back the write turn: the in-process one and the shared one.
@@ -94,7 +105,10 @@ bool HoldsFileLock(ShimFile* p) { return p->level > SQLITE_LOCK_SHARED; }
 void SetLevel(ShimFile* p, int level) {
   const bool was = HoldsFileLock(p);
   p->level = level;
-  if (HoldsFileLock(p) != was) Coord(p).NoteFileWriter(p->ticket.get(), !was);
+  if (HoldsFileLock(p) != was) {
+    Coord(p).NoteFileWriter(p->ticket.get(), !was);
+    Xp(p).NoteFileWriter(p->handle_id, !was);  // and for WAL connections of other processes
+  }
 }
 
 // Does this lock period take the write turn first?
@@ -217,21 +231,25 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   // The in-process turn first (a handle that got it keeps it across the tries), then the
   // shared one: one waiter per process in the shared line.
   bool yielded = false;  // to a holder of the file's write lock (`wal`): ends the wait
+  const Clock::time_point since = Clock::now();
+  bool* const yield_shared = wal ? &yielded : nullptr;  // the same, in the shared line
   auto take = [&] {
     const Coordinator::Grant g =
         c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p), /*queue=*/true, pre_read, wal);
     yielded = g == Coordinator::Grant::kYielded;
-    return yielded || (g == Coordinator::Grant::kGranted && TakeShared(p, tid, nullptr));
+    return yielded || (g == Coordinator::Grant::kGranted &&
+                       (TakeShared(p, tid, nullptr, since, yield_shared) || yielded));
   };
-  const Clock::time_point since = Clock::now();
   const bool got = WaitInLock(p, lock, take, [&](uint64_t, Clock::time_point until) {
     // Parked in line (keeping its place on a timeout) and granted where it wakes.
     const Coordinator::Grant g = c.AcquireTurn(t, until, tid, Fair(p), pre_read, wal);
     yielded = g == Coordinator::Grant::kYielded;
-    return yielded || (g == Coordinator::Grant::kGranted && TakeShared(p, tid, &until, since));
+    return yielded || (g == Coordinator::Grant::kGranted &&
+                       (TakeShared(p, tid, &until, since, yield_shared) || yielded));
   });
   if (yielded) {
     // Not a timeout: nothing to report, and the lock period goes on as in stock SQLite.
+    c.ReleaseTurn(t);  // held if the shared line was the one yielded
     Xp(p).Cancel(p->handle_id);
     c.Cancel(t, Coordinator::CancelWhy::kGaveUp);
     c.CountTurnSkipped();
@@ -338,6 +356,13 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
   if (g == Coordinator::Grant::kYielded) return kBaseDecides;
   if (g == Coordinator::Grant::kGranted) {
     if (TakeShared(p, tid, nullptr)) return SQLITE_OK;
+    if (wal && Xp(p).OtherFileWriter()) {
+      // A rollback-mode writer of another process (a journal_mode switch) may hold that turn,
+      // its commit waiting for this connection's SHARED lock: as for one of this process.
+      c.ReleaseTurn(t);
+      c.CountFileWriterYield();
+      return kBaseDecides;
+    }
     // Another process has the turn (or its waiter is past its bound): SQLite retries after
     // the busy handler, which waits for a release there; first place here is kept.
     c.YieldTurnKeepPlace(t);
@@ -448,6 +473,7 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
       // lock alone decides, without the turn, as in stock SQLite. A place an earlier refusal
       // queued is given up (it would hold up the line, or a reservation, for nothing).
       Coord(p).Cancel(p->ticket.get(), Coordinator::CancelWhy::kGaveUp);
+      Xp(p).Cancel(p->handle_id);
       const int base = attempt();
       if (base == SQLITE_OK) {
         ClearRefusal(p);

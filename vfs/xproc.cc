@@ -397,7 +397,8 @@ void CrossProcess::Cancel(uint64_t ticket) {
 
 CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
                                        std::chrono::steady_clock::time_point since,
-                                       std::chrono::steady_clock::time_point until) {
+                                       std::chrono::steady_clock::time_point until,
+                                       bool holds_read_lock) {
   XShared* s = Shared();
   if (s != nullptr && !Alone(s)) RecountIfIdle(s);
   if (s == nullptr || (Alone(s) && kept_count_.load(std::memory_order_relaxed) == 0)) {
@@ -424,6 +425,11 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       s->mu.Unlock();
       WakeSlot(s, wake);
       return Grant::kGranted;
+    }
+    if (holds_read_lock && OtherFileWriter()) {
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      return Grant::kYielded;
     }
     slot = AllocLocked(s, now);
     if (slot < 0) {  // the line is full: this request goes on without it
@@ -452,6 +458,13 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       WakeSlot(s, wake);
       Count(true, false, now - entered, r2g);
       return Grant::kGranted;
+    }
+    if (holds_read_lock && OtherFileWriter()) {  // looked at again after each wake-up
+      const int next = LeaveLocked(s, slot, now);
+      s->mu.Unlock();
+      WakeSlot(s, wake);
+      WakeSlot(s, next);
+      return Grant::kYielded;
     }
     if (now >= until_ns) {  // keeps its place: Cancel() if the wait gives up
       s->mu.Unlock();
@@ -534,6 +547,33 @@ bool CrossProcess::Contended() const {
   if (s == nullptr) return false;
   const int32_t h = s->holder_hint.load(std::memory_order_relaxed);
   return (h != 0 && h != MyPid()) || s->waiting_hint.load(std::memory_order_relaxed) > 0;
+}
+
+void CrossProcess::NoteFileWriter(uint64_t ticket, bool held) {
+  XShared* s = Shared();
+  if (s == nullptr) return;
+  const uint64_t me =
+      (static_cast<uint64_t>(static_cast<uint32_t>(MyPid())) << 32) | static_cast<uint32_t>(ticket);
+  if (held) {
+    s->file_writer.store(me, std::memory_order_release);
+  } else {
+    // Only its own mark: another handle may have set one meanwhile (a hot-journal rollback
+    // takes PENDING beside a RESERVED lock), and keeps it.
+    uint64_t expected = me;
+    s->file_writer.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+  }
+}
+
+bool CrossProcess::OtherFileWriter() {
+  XShared* s = Shared();
+  if (s == nullptr) return false;
+  uint64_t w = s->file_writer.load(std::memory_order_acquire);
+  const int32_t pid = static_cast<int32_t>(w >> 32);
+  if (w == 0 || pid == MyPid()) return false;
+  if (ProcessAlive(pid, 0)) return true;
+  // Killed while above SHARED: its locks went with it.
+  s->file_writer.compare_exchange_strong(w, 0, std::memory_order_acq_rel);
+  return false;
 }
 
 uint32_t CrossProcess::Seq() const {

@@ -62,8 +62,8 @@ namespace safeconc {
 namespace xproc {
 
 constexpr uint64_t kMagic = 0x31636e6f63656661ULL;  // "afeconc1" little-endian, + version
-constexpr uint32_t kVersion = 3;  // 3: Slot::entered_ns, the line ordered by the clock
-constexpr int kSlots = 64;        // waiting handles across all processes; more wait by polling
+constexpr uint32_t kVersion = 4;                    // 4: XShared::file_writer
+constexpr int kSlots = 64;  // waiting handles across all processes; more wait by polling
 
 enum SlotState : uint32_t { kFree = 0, kWaiting = 1 };
 
@@ -154,6 +154,12 @@ struct XShared {
   // is rebuilt). While this process is the only one, the shared turn is not taken at all: one
   // process is coordinated by its own line, at no cost on its lock path.
   std::atomic<uint32_t> attached;
+  // A handle whose lock on the database file is above SHARED: a rollback-mode writer (during
+  // a journal_mode switch from WAL, its commit waits for the SHARED lock every WAL connection
+  // holds), or a WAL connection closing the WAL. (pid << 32) | low 32 bits of the handle; 0 if
+  // none. Set and cleared by that handle's process (CrossProcess::NoteFileWriter); a WAL
+  // request of another process does not wait in the line while it is set (OtherFileWriter).
+  std::atomic<uint64_t> file_writer;
 };
 
 // The line's order: the fairness clock, arrival order breaking ties. True if `a` is ahead.
@@ -175,7 +181,8 @@ uint64_t PidNamespace();
 // One process's handle on one database file's sidecar (one per DbEntry).
 class CrossProcess {
  public:
-  enum class Grant { kGranted, kRefused, kTimeout, kUnavailable };
+  // kYielded: not waited for (Take's `holds_read_lock`): it left the line.
+  enum class Grant { kGranted, kRefused, kTimeout, kUnavailable, kYielded };
 
   CrossProcess() = default;
   ~CrossProcess();  // detaches; removes the sidecar if no other process uses it
@@ -199,9 +206,13 @@ class CrossProcess {
   // `since`: when the longest-waiting request this one holds up in its process's line began
   // to wait: its fairness clock and its place in the shared line (the line is ordered by
   // it), so a transaction waiting in two lines is not bounded twice.
+  // `holds_read_lock`: a WAL request, holding the database file's SHARED lock while it waits;
+  // it leaves the line with kYielded when another process's handle holds the file's lock above
+  // SHARED (OtherFileWriter), seen within kXprocRecheck: that handle may hold the turn, or wait
+  // for a lock of its holder, while its commit waits for this SHARED lock.
   Grant Take(uint64_t ticket, uint64_t tid, std::chrono::nanoseconds fair,
              std::chrono::steady_clock::time_point since,
-             std::chrono::steady_clock::time_point until);
+             std::chrono::steady_clock::time_point until, bool holds_read_lock = false);
   // Would Take/TryTake use the sidecar now (attached, and another process attached or a place
   // kept in line)? When false they return kUnavailable at once: a caller may skip computing
   // their arguments.
@@ -217,6 +228,13 @@ class CrossProcess {
   bool ReadStarted(uint64_t ticket);
   // Another process holds the turn or waits for it (a relaxed look, no mutex).
   bool Contended() const;
+
+  // Handle `ticket`'s lock on the database file crossed SHARED (held: now above it).
+  // Lock-free: an atomic store on the way up, a compare-and-swap on the way down.
+  void NoteFileWriter(uint64_t ticket, bool held);
+  // Does a live handle of another process hold the database file's lock above SHARED? A WAL
+  // request then does not wait for the shared turn, as stock SQLite would not (see Take).
+  bool OtherFileWriter();
 
   // Waiting for another process's lock (not the turn) without polling: Seq() before trying,
   // then WaitForChange(seq, until) wakes at the next release or lock-period end anywhere.
