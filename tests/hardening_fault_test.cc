@@ -12,7 +12,9 @@
 // lifted: the process is alive, every database passes integrity_check, and the coordinator of
 // each file is at rest (no write-turn holder, empty queue, no reader, only the idle sentinel
 // connection's handle left, no UDF task in flight). ASan builds check for leaks at exit.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -28,6 +30,7 @@
 #include "tests/crossproc_util.h"
 #include "tests/fault_vfs.h"
 #include "tests/trampoline_util.h"
+#include "vfs/xproc.h"
 
 namespace {
 
@@ -545,6 +548,124 @@ TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite)
   EXPECT_GE(yields, 1) << report;  // counted by the child, whose requests did not wait
   switching.join();
   EXPECT_EQ(mode, "delete");
+  EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
+  EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
+}
+
+// A child process run by one-letter commands on a pipe: 'r' reads (a WAL connection's read
+// start), 'i' runs an INSERT, 'c' closes the connection and reports. Each reply is one line:
+// "<rc> <busy handler calls>".
+struct WalChild {
+  xptest::Child child;
+  int cmd = -1;
+
+  static WalChild Start(const std::string& path) {
+    int in[2];
+    if (pipe(in) != 0) std::abort();
+    WalChild w;
+    w.child = xptest::ForkChild([&](int out) {
+      close(in[1]);
+      sqlite3* db = nullptr;
+      if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
+                          nullptr) != SQLITE_OK) {
+        return 2;
+      }
+      static int calls = 0;  // gives up after 50 calls of 100 ms (see the test above)
+      sqlite3_busy_handler(
+          db,
+          [](void*, int n) {
+            ++calls;
+            if (n >= 50) return 0;
+            sqlite3_sleep(100);
+            return 1;
+          },
+          nullptr);
+      for (char c = 0; read(in[0], &c, 1) == 1;) {
+        int rc = SQLITE_OK;
+        if (c == 'r') rc = sqlite3_exec(db, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
+        if (c == 'i') rc = sqlite3_exec(db, "INSERT INTO t VALUES (9)", nullptr, nullptr, nullptr);
+        if (c == 'c') rc = sqlite3_close(db);
+        const std::string r = std::to_string(rc) + " " + std::to_string(calls) + "\n";
+        if (write(out, r.data(), r.size()) != static_cast<ssize_t>(r.size())) return 3;
+        if (c == 'c') return 0;
+      }
+      return 4;
+    });
+    close(in[0]);
+    w.cmd = in[1];
+    return w;
+  }
+  // Runs one command; returns its reply ("" if the child is gone).
+  std::string Do(char c) {
+    if (write(cmd, &c, 1) != 1) return "";
+    std::string line;
+    for (char ch = 0; read(child.out, &ch, 1) == 1 && ch != '\n';) line += ch;
+    return line;
+  }
+  int Finish() {
+    close(cmd);
+    return child.Wait();
+  }
+};
+
+// The one mark the sidecar has must stay the switcher's while a WAL connection of a third
+// process closes in the window: its close asks SHARED->EXCLUSIVE once, is refused (PENDING is
+// what the lock paths record then), and unlocks. When that was published, it overwrote the
+// switcher's mark and then cleared it, and the next WAL connection waited for the shared turn
+// again (found by review; the child's busy handler ran 51 times, 5 s, before the fix).
+TEST(JournalSwitch, AClosingWalConnectionKeepsTheWritersMark) {
+  ASSERT_NE(A(), nullptr);
+  sctest::TempDir dir;
+  const std::string path = dir.File("y.db");
+  {
+    sctest::Db setup(path);
+    EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
+    setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
+  }
+  WalChild inserter = WalChild::Start(path);
+  WalChild closer = WalChild::Start(path);
+  sctest::Db switcher(path);
+  sqlite3_busy_timeout(switcher.get(), 10000);
+  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
+  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
+  std::string mode;
+  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
+  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(fault::LocksHeld(), 1) << "the version write never asked for RESERVED";
+  // Both read in the window (a new WAL; each keeps SHARED), then the version write goes on
+  // to its commit, which waits for their SHARED locks.
+  EXPECT_EQ(inserter.Do('r'), "0 0");
+  EXPECT_EQ(closer.Do('r'), "0 0");
+  fault::OpenLockGate();
+  const int fd = open((path + "-safeconc").c_str(), O_RDWR);
+  void* m = fd < 0 ? MAP_FAILED
+                   : mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ | PROT_WRITE,
+                          MAP_SHARED, fd, 0);
+  if (fd >= 0) close(fd);
+  ASSERT_NE(m, MAP_FAILED) << "no sidecar";
+  auto* shared = static_cast<safeconc::xproc::XShared*>(m);
+  const uint64_t mark = static_cast<uint64_t>(getpid()) << 32;
+  auto marked = [&] { return (shared->file_writer.load() >> 32 << 32) == mark; };
+  for (int i = 0; i < 10000 && !marked(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(marked()) << "the switcher's RESERVED is not in the sidecar";
+  EXPECT_EQ(closer.Do('c'), "0 0");  // its close: EXCLUSIVE refused, then unlocked
+  EXPECT_EQ(closer.Finish(), 0);
+  EXPECT_TRUE(marked()) << "the closing connection's refused EXCLUSIVE took the mark away";
+  const std::string insert = inserter.Do('i');
+  int rc = -1, calls = -1;
+  ASSERT_EQ(std::sscanf(insert.c_str(), "%d %d", &rc, &calls), 2) << insert;
+  EXPECT_EQ(rc, SQLITE_OK);
+  EXPECT_LT(calls, 25) << "the INSERT waited for the switcher's shared turn";
+  EXPECT_EQ(inserter.Do('c'), "0 " + std::to_string(calls));
+  EXPECT_EQ(inserter.Finish(), 0);
+  switching.join();
+  EXPECT_EQ(mode, "delete");
+  munmap(m, sizeof(safeconc::xproc::XShared));
+  sctest::Db watch(path);
   EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
   EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
 }

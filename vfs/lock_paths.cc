@@ -101,13 +101,21 @@ void ReleaseTurns(ShimFile* p) {
 bool HoldsFileLock(ShimFile* p) { return p->level > SQLITE_LOCK_SHARED; }
 
 // Records the base lock level; tells the coordinator when the handle's lock crosses SHARED
-// (Coordinator::NoteFileWriter: WAL connections do not wait for such a turn holder).
+// (Coordinator::NoteFileWriter: WAL connections do not wait for such a turn holder), and the
+// sidecar when it holds RESERVED or a granted EXCLUSIVE (CrossProcess::NoteFileWriter: WAL
+// connections of other processes do not wait for the shared turn meanwhile). Only those: a
+// SHARED->EXCLUSIVE that was refused (a WAL connection closing beside others) is recorded as
+// PENDING, waits for nobody, and must not overwrite the one mark the sidecar has (RESERVED is
+// one handle's at a time in all processes, and a granted EXCLUSIVE excludes every other lock).
 void SetLevel(ShimFile* p, int level) {
   const bool was = HoldsFileLock(p);
   p->level = level;
-  if (HoldsFileLock(p) != was) {
-    Coord(p).NoteFileWriter(p->ticket.get(), !was);
-    Xp(p).NoteFileWriter(p->handle_id, !was);  // and for WAL connections of other processes
+  if (HoldsFileLock(p) != was) Coord(p).NoteFileWriter(p->ticket.get(), !was);
+  const bool mark = level == SQLITE_LOCK_RESERVED || level == SQLITE_LOCK_EXCLUSIVE ||
+                    (level == SQLITE_LOCK_PENDING && p->xproc_file_writer);
+  if (mark != p->xproc_file_writer) {
+    p->xproc_file_writer = mark;
+    Xp(p).NoteFileWriter(p->handle_id, mark);
   }
 }
 
@@ -201,8 +209,10 @@ bool WaitInLock(ShimFile* p, const char* lock, Attempt attempt, Park park) {
 // needs no turn.
 // `wal`: a WAL read start, which holds the database file's SHARED lock while it waits; it
 // stops waiting when a rollback-mode writer is ahead (Coordinator::FileWriterAheadLocked: during a
-// journal_mode switch, that writer's commit waits for this SHARED lock), and goes on without
-// the turn, as stock SQLite would (turn_yielded).
+// journal_mode switch, that writer's commit waits for this SHARED lock), or in the shared line
+// when a handle of another process holds the file's lock above SHARED
+// (CrossProcess::OtherFileWriter), and goes on without the turn, as stock SQLite would
+// (turn_yielded).
 bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   Coordinator& c = Coord(p);
   Ticket* t = p->ticket.get();
@@ -250,7 +260,7 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   if (yielded) {
     // Not a timeout: nothing to report, and the lock period goes on as in stock SQLite.
     c.ReleaseTurn(t);  // held if the shared line was the one yielded
-    Xp(p).Cancel(p->handle_id);
+    Xp(p).Cancel(p->handle_id, /*timed_out=*/false);
     c.Cancel(t, Coordinator::CancelWhy::kGaveUp);
     c.CountTurnSkipped();
     p->turn_yielded = true;
@@ -289,8 +299,10 @@ constexpr int kBaseDecides = -1;
 // Returns SQLITE_OK with the turn taken, or SQLITE_BUSY with the request queued (retried
 // through the busy handler) or failed. `will_retry`: WillRetry(p), looked up by the caller.
 // `wal`: a WAL write start; kBaseDecides (the turn not taken) when a rollback-mode writer is
-// ahead (Coordinator::FileWriterAheadLocked): it holds no WAL write lock, its commit waits for this
-// connection's SHARED lock, and stock SQLite would grant this write.
+// ahead (Coordinator::FileWriterAheadLocked), or the shared turn is refused while a handle of
+// another process holds the file's lock above SHARED (CrossProcess::OtherFileWriter): it holds no
+// WAL write lock, its commit waits for this connection's SHARED lock, and stock SQLite would
+// grant this write.
 int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
   Coordinator& c = Coord(p);
   Ticket* t = p->ticket.get();
@@ -473,7 +485,7 @@ int WriteStart(ShimFile* p, const char* lock, bool wal, Attempt attempt) {
       // lock alone decides, without the turn, as in stock SQLite. A place an earlier refusal
       // queued is given up (it would hold up the line, or a reservation, for nothing).
       Coord(p).Cancel(p->ticket.get(), Coordinator::CancelWhy::kGaveUp);
-      Xp(p).Cancel(p->handle_id);
+      Xp(p).Cancel(p->handle_id, /*timed_out=*/false);
       const int base = attempt();
       if (base == SQLITE_OK) {
         ClearRefusal(p);

@@ -73,6 +73,9 @@ struct ShimFile {
   // period does not end before it is released (wal.c's log restart drops the read mark while
   // holding it, and the next read mark must not wait for the turn).
   bool base_write = false;
+  // Its mark is in the sidecar (CrossProcess::NoteFileWriter): it holds RESERVED, or an
+  // EXCLUSIVE lock it was granted (not the PENDING a refused SHARED->EXCLUSIVE leaves).
+  bool xproc_file_writer = false;
   bool ckpt_held = false;  // WAL CKPT lock held: a checkpoint, not a read start
   bool upgraded = false;   // rollback: this write transaction began as a read (an upgrade)
   // An upgrade that found the turn held by a writing statement not yet at its write lock

@@ -380,17 +380,18 @@ CrossProcess::Grant CrossProcess::TryTake(uint64_t ticket, uint64_t tid, bool up
   return g;
 }
 
-void CrossProcess::Cancel(uint64_t ticket) {
+void CrossProcess::Cancel(uint64_t ticket, bool timed_out) {
   const int slot = TakeKept(ticket);
   XShared* s = Shared();
   if (slot < 0 || s == nullptr || !LockShared(s)) return;  // unlocked: the slot goes stale
   int wake = -1;
   if (MineLocked(s, slot, MyPid(), ticket)) {
-    ++s->timeouts;
+    if (timed_out) ++s->timeouts;
     wake = LeaveLocked(s, slot, NowNs());
   }
   s->mu.Unlock();
   WakeSlot(s, wake);
+  if (!timed_out) return;
   MutexLock l(&mu_);
   ++timeouts_;
 }
@@ -412,6 +413,8 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
   const int64_t since_ns =
       base - std::chrono::duration_cast<std::chrono::nanoseconds>(steady_now - since).count();
   int slot = TakeKept(ticket);
+  // Looked at outside the mutex (it may read /proc), before each round under it.
+  bool yield = holds_read_lock && OtherFileWriter();
   if (!LockShared(s)) {
     if (slot >= 0) Keep(ticket, slot);
     return Grant::kUnavailable;
@@ -426,7 +429,7 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       WakeSlot(s, wake);
       return Grant::kGranted;
     }
-    if (holds_read_lock && OtherFileWriter()) {
+    if (yield) {
       s->mu.Unlock();
       WakeSlot(s, wake);
       return Grant::kYielded;
@@ -459,7 +462,7 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
       Count(true, false, now - entered, r2g);
       return Grant::kGranted;
     }
-    if (holds_read_lock && OtherFileWriter()) {  // looked at again after each wake-up
+    if (yield) {
       const int next = LeaveLocked(s, slot, now);
       s->mu.Unlock();
       WakeSlot(s, wake);
@@ -477,6 +480,7 @@ CrossProcess::Grant CrossProcess::Take(uint64_t ticket, uint64_t tid, std::chron
     s->mu.Unlock();
     WakeSlot(s, wake);
     FutexWait(&s->wake[slot], seen, std::min(until_ns - NowNs(), Ns(timing::kXprocRecheck)));
+    yield = holds_read_lock && OtherFileWriter();
     if (!LockShared(s)) {
       Keep(ticket, slot);  // still ours if we come back before it goes stale
       return Grant::kUnavailable;
@@ -555,10 +559,11 @@ void CrossProcess::NoteFileWriter(uint64_t ticket, bool held) {
   const uint64_t me =
       (static_cast<uint64_t>(static_cast<uint32_t>(MyPid())) << 32) | static_cast<uint32_t>(ticket);
   if (held) {
+    s->file_writer_start.store(SelfStart(), std::memory_order_relaxed);
     s->file_writer.store(me, std::memory_order_release);
   } else {
-    // Only its own mark: another handle may have set one meanwhile (a hot-journal rollback
-    // takes PENDING beside a RESERVED lock), and keeps it.
+    // Only its own mark: a mark of a dead process's handle cleared meanwhile, and another
+    // handle's set since (it holds RESERVED now), stay.
     uint64_t expected = me;
     s->file_writer.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
   }
@@ -570,8 +575,12 @@ bool CrossProcess::OtherFileWriter() {
   uint64_t w = s->file_writer.load(std::memory_order_acquire);
   const int32_t pid = static_cast<int32_t>(w >> 32);
   if (w == 0 || pid == MyPid()) return false;
-  if (ProcessAlive(pid, 0)) return true;
-  // Killed while above SHARED: its locks went with it.
+  const uint64_t start = s->file_writer_start.load(std::memory_order_acquire);
+  // The start time read with this very mark (a new mark may have replaced both meanwhile):
+  // unknown (0) otherwise, and then only the pid is checked.
+  const bool same = s->file_writer.load(std::memory_order_acquire) == w;
+  if (ProcessAlive(pid, same ? start : 0)) return true;
+  // Killed while holding its lock: its locks went with it.
   s->file_writer.compare_exchange_strong(w, 0, std::memory_order_acq_rel);
   return false;
 }

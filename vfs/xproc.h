@@ -154,12 +154,16 @@ struct XShared {
   // is rebuilt). While this process is the only one, the shared turn is not taken at all: one
   // process is coordinated by its own line, at no cost on its lock path.
   std::atomic<uint32_t> attached;
-  // A handle whose lock on the database file is above SHARED: a rollback-mode writer (during
-  // a journal_mode switch from WAL, its commit waits for the SHARED lock every WAL connection
-  // holds), or a WAL connection closing the WAL. (pid << 32) | low 32 bits of the handle; 0 if
-  // none. Set and cleared by that handle's process (CrossProcess::NoteFileWriter); a WAL
-  // request of another process does not wait in the line while it is set (OtherFileWriter).
+  // A handle that holds RESERVED or a granted EXCLUSIVE lock on the database file (one at a
+  // time in all processes): a rollback-mode writer (during a journal_mode switch from WAL, its
+  // commit waits for the SHARED lock every WAL connection holds), or the last WAL connection
+  // closing the WAL. (pid << 32) | low 32 bits of the handle; 0 if none. Set and cleared by
+  // that handle's process (CrossProcess::NoteFileWriter), or cleared by any process that finds
+  // it dead; a WAL request of another process does not wait in the line while it is set
+  // (OtherFileWriter). file_writer_start: its process's start time, stored before the mark (a
+  // reused pid is not taken for it).
   std::atomic<uint64_t> file_writer;
+  std::atomic<uint64_t> file_writer_start;
 };
 
 // The line's order: the fairness clock, arrival order breaking ties. True if `a` is ahead.
@@ -217,8 +221,8 @@ class CrossProcess {
   // kept in line)? When false they return kUnavailable at once: a caller may skip computing
   // their arguments.
   bool Engaged() const;
-  // Leaves the line (a wait that gave up).
-  void Cancel(uint64_t ticket) SC_EXCLUDES(mu_);
+  // Leaves the line (a wait that gave up; `timed_out` false: one that yielded, not counted).
+  void Cancel(uint64_t ticket, bool timed_out = true) SC_EXCLUDES(mu_);
   // Gives the turn back if `ticket` holds it (and its place in line, if it kept one).
   void Release(uint64_t ticket);
   // The turn `ticket` holds was taken before a WAL read start: others may revoke it after
@@ -234,6 +238,7 @@ class CrossProcess {
   void NoteFileWriter(uint64_t ticket, bool held);
   // Does a live handle of another process hold the database file's lock above SHARED? A WAL
   // request then does not wait for the shared turn, as stock SQLite would not (see Take).
+  // Reads /proc when a mark is set: never called with the sidecar's mutex held.
   bool OtherFileWriter();
 
   // Waiting for another process's lock (not the turn) without polling: Seq() before trying,
