@@ -554,7 +554,10 @@ TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite)
 
 // A child process run by one-letter commands on a pipe: 'r' reads (a WAL connection's read
 // start), 'i' runs an INSERT, 'c' closes the connection and reports. Each reply is one line:
-// "<rc> <busy handler calls>".
+// "<rc> <busy handler calls>". A second connection of the child, opened with the first but
+// used only by 'p' (a read): 'y' starts an INSERT on it in a thread (replies at once), 'w'
+// waits for that INSERT and replies "<rc> 0". 'q' (Finish) closes the second connection and
+// exits.
 struct WalChild {
   xptest::Child child;
   int cmd = -1;
@@ -570,6 +573,14 @@ struct WalChild {
                           nullptr) != SQLITE_OK) {
         return 2;
       }
+      sqlite3* second = nullptr;
+      if (sqlite3_open_v2(("file:" + path).c_str(), &second,
+                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr) != SQLITE_OK) {
+        return 2;
+      }
+      sqlite3_busy_timeout(second, 10000);
+      std::thread other;
+      int other_rc = -1;
       static int calls = 0;  // gives up after 50 calls of 100 ms (see the test above)
       sqlite3_busy_handler(
           db,
@@ -585,9 +596,18 @@ struct WalChild {
         if (c == 'r') rc = sqlite3_exec(db, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
         if (c == 'i') rc = sqlite3_exec(db, "INSERT INTO t VALUES (9)", nullptr, nullptr, nullptr);
         if (c == 'c') rc = sqlite3_close(db);
-        const std::string r = std::to_string(rc) + " " + std::to_string(calls) + "\n";
+        if (c == 'p')
+          rc = sqlite3_exec(second, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
+        if (c == 'y') {
+          other = std::thread([&] {
+            other_rc = sqlite3_exec(second, "INSERT INTO t VALUES (8)", nullptr, nullptr, nullptr);
+          });
+        }
+        if ((c == 'w' || c == 'q') && other.joinable()) other.join();
+        if (c == 'q') return sqlite3_close(second) == SQLITE_OK ? 0 : 5;
+        const std::string r = std::to_string(c == 'w' ? other_rc : rc) + " " +
+                              std::to_string(c == 'w' ? 0 : calls) + "\n";
         if (write(out, r.data(), r.size()) != static_cast<ssize_t>(r.size())) return 3;
-        if (c == 'c') return 0;
       }
       return 4;
     });
@@ -602,7 +622,10 @@ struct WalChild {
     for (char ch = 0; read(child.out, &ch, 1) == 1 && ch != '\n';) line += ch;
     return line;
   }
+  // 'q': waits for the second connection's INSERT if one was started, closes it, exits.
   int Finish() {
+    const char q = 'q';
+    if (write(cmd, &q, 1) != 1) return -1;
     close(cmd);
     return child.Wait();
   }
@@ -667,6 +690,69 @@ TEST(JournalSwitch, AClosingWalConnectionKeepsTheWritersMark) {
   munmap(m, sizeof(safeconc::xproc::XShared));
   sctest::Db watch(path);
   EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
+  EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
+}
+
+// The WAL connection's own process may hold it up too: a connection of that process last
+// used while the file was in rollback mode (it holds no lock between transactions) starts a
+// writing statement, takes the process's turn at its lock period's start (holding no lock)
+// and waits in the shared line for the switcher. The WAL connection, behind it in its
+// process's line, must see the other process's mark there as well (FileWriterAheadLocked),
+// or it waits for that connection, which waits for the switcher, which waits for its SHARED
+// lock (found by review; the INSERT's busy handler ran 51 times, 5 s, before the fix).
+TEST(JournalSwitch, AWalConnectionBehindALocalWaiterIsServedBesideTheRollbackWrite) {
+  ASSERT_NE(A(), nullptr);
+  sctest::TempDir dir;
+  const std::string path = dir.File("z.db");
+  sctest::Db(path).Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
+  WalChild child = WalChild::Start(path);
+  EXPECT_EQ(child.Do('p'), "0 0");  // the second connection, in rollback mode
+  EXPECT_EQ(sctest::Db(path).Text("PRAGMA journal_mode=WAL"), "wal");
+  sctest::Db switcher(path);
+  sqlite3_busy_timeout(switcher.get(), 10000);
+  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
+  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
+  std::string mode;
+  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
+  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(fault::LocksHeld(), 1) << "the version write never asked for RESERVED";
+  EXPECT_EQ(child.Do('r'), "0 0");  // the WAL connection: a new WAL, SHARED kept
+  EXPECT_EQ(child.Do('y'), "0 0");  // the other connection's INSERT: the shared line
+  sctest::Db watch(path);
+  bool queued = false;
+  for (int i = 0; i < 5000 && !queued; ++i) {
+    const std::string now = watch.Text("PRAGMA safeconc_stats");
+    queued = xptest::JsonInt(now, "queue_depth", now.find("\"crossproc\"")) >= 1;
+    if (!queued) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(queued) << watch.Text("PRAGMA safeconc_stats");
+  fault::OpenLockGate();
+  const int fd = open((path + "-safeconc").c_str(), O_RDONLY);
+  void* m = fd < 0 ? MAP_FAILED
+                   : mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ, MAP_SHARED, fd, 0);
+  if (fd >= 0) close(fd);
+  ASSERT_NE(m, MAP_FAILED) << "no sidecar";
+  auto* shared = static_cast<safeconc::xproc::XShared*>(m);
+  const uint64_t mark = static_cast<uint64_t>(getpid()) << 32;
+  auto marked = [&] { return (shared->file_writer.load() >> 32 << 32) == mark; };
+  for (int i = 0; i < 10000 && !marked(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(marked()) << "the switcher's RESERVED is not in the sidecar";
+  const std::string insert = child.Do('i');
+  int rc = -1, calls = -1;
+  ASSERT_EQ(std::sscanf(insert.c_str(), "%d %d", &rc, &calls), 2) << insert;
+  EXPECT_EQ(rc, SQLITE_OK);
+  EXPECT_LT(calls, 25) << "the INSERT waited behind its process's waiter";
+  EXPECT_EQ(child.Do('c'), "0 " + std::to_string(calls));  // SHARED goes: the switch commits
+  EXPECT_EQ(child.Do('w'), "0 0");                         // then the other INSERT
+  EXPECT_EQ(child.Finish(), 0);
+  switching.join();
+  EXPECT_EQ(mode, "delete");
+  munmap(m, sizeof(safeconc::xproc::XShared));
+  EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 5);  // and the other connection's INSERT
   EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
 }
 

@@ -1,9 +1,12 @@
 // coordinator.cc - see coordinator.h for the model, the mutex rules and the lock order.
 #include "vfs/coordinator.h"
 
+#include "vfs/xproc.h"
+
 #include <algorithm>
 
 #include "vfs/timing.h"
+#include "vfs/xproc.h"
 
 namespace safeconc {
 namespace {
@@ -168,6 +171,12 @@ Clock::time_point Coordinator::WakeLocked(Ticket* t, Clock::time_point until,
   // time (a reservation not claimed, a pre-read turn revoked), which no one signals: a waiter
   // never sleeps past the end of a reservation for another, nor longer than kPreReadLease.
   Clock::time_point wake = std::min(until, now + timing::kPreReadLease);
+  // A waiter holding a read lock looks at the other processes' write lock again (see
+  // WatchCrossProcess): no release of theirs wakes it here.
+  if (Of(t).holds_read_lock) {
+    const CrossProcess* x = xproc_.load(std::memory_order_acquire);
+    if (x != nullptr && x->Engaged()) wake = std::min(wake, now + timing::kXprocRecheck);
+  }
   if (reserved_ != nullptr && reserved_ != t && Of(reserved_).parked == 0 &&
       reserved_until_ > now && holder_ == nullptr) {
     wake = std::min(wake, reserved_until_);
@@ -217,8 +226,12 @@ void Coordinator::BumpGenerationLocked() {
 // ---- The write turn --------------------------------------------------------------------
 
 bool Coordinator::FileWriterAheadLocked() const {
-  return (holder_ != nullptr && holder_->file_writer.load(std::memory_order_seq_cst)) ||
-         (past_ != nullptr && past_->file_writer.load(std::memory_order_seq_cst));
+  if ((holder_ != nullptr && holder_->file_writer.load(std::memory_order_seq_cst)) ||
+      (past_ != nullptr && past_->file_writer.load(std::memory_order_seq_cst))) {
+    return true;
+  }
+  const CrossProcess* x = xproc_.load(std::memory_order_acquire);
+  return x != nullptr && x->MarkedByOther();
 }
 
 void Coordinator::NoteFileWriter(Ticket* t, bool held) {

@@ -58,6 +58,7 @@ enum TurnReason : unsigned {
 };
 
 class Ticket;
+class CrossProcess;
 
 // What a refused request was up against, for safeconc_last_busy().
 struct BlockerInfo {
@@ -114,6 +115,14 @@ class Coordinator {
   // in rollback mode; EXCLUSIVE in WAL mode while it closes the WAL or in locking_mode=
   // EXCLUSIVE): sets t->file_writer, and wakes the waiters AcquireTurn must stop.
   void NoteFileWriter(Ticket* t, bool held) SC_EXCLUDES(mu_);
+  // The file's sidecar (its DbEntry's; null to stop): a handle of another process that holds
+  // the file's write lock (CrossProcess::MarkedByOther) is a file writer ahead too, for every
+  // waiter of this line that holds a read lock (FileWriterAheadLocked): in-process waiters
+  // behind a holder that waits in the shared line would close the same cycle. No wake-up
+  // comes from another process: such waiters park at most kXprocRecheck at a time.
+  void WatchCrossProcess(const CrossProcess* xproc) {
+    xproc_.store(xproc, std::memory_order_release);
+  }
 
   // A request SQLite will not retry was refused: counts the fast failure, leaves the line.
   void FastFail(Ticket* t) SC_EXCLUDES(mu_);
@@ -267,8 +276,9 @@ class Coordinator {
     bool holds_read_lock = false;
   };
   // Does the turn holder, or an upgrade past it (GoPastHolder), hold its file's lock above
-  // SHARED? Then a WAL connection's requests are not this turn's business: that writer's
-  // commit waits for their SHARED lock, and the WAL write lock is not its to hold.
+  // SHARED, or a handle of another process its write lock (WatchCrossProcess)? Then a WAL
+  // connection's requests are not this turn's business: that writer's commit waits for their
+  // SHARED lock, and the WAL write lock is not its to hold.
   bool FileWriterAheadLocked() const SC_REQUIRES(mu_);
   // Before p's waiter parks: kYield if it must not (it holds a read lock and a file writer is
   // ahead); kCounted if it parks counted in read_lock_waiters_ (for NoteFileWriter's wake-up)
@@ -314,6 +324,7 @@ class Coordinator {
   // without the mutex by NoteFileWriter after its store to file_writer, both seq_cst: either
   // it sees the waiter, or the waiter sees file_writer before it parks.
   std::atomic<int> read_lock_waiters_{0};
+  std::atomic<const CrossProcess*> xproc_{nullptr};  // WatchCrossProcess
 
   struct Stats {
     uint64_t acquisitions = 0;      // turns granted

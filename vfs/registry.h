@@ -63,7 +63,13 @@ struct FileId {
 class DbEntry {
  public:
   DbEntry(FileId id, std::string path)
-      : id_(id), path_(std::move(path)), coord_(std::make_shared<Coordinator>()) {}
+      : id_(id), path_(std::move(path)), coord_(std::make_shared<Coordinator>()) {
+    coord_->WatchCrossProcess(&xproc_);
+  }
+  // The coordinator may outlive the entry (a ticket keeps it): it stops looking at xproc_.
+  ~DbEntry() { coord_->WatchCrossProcess(nullptr); }
+  DbEntry(const DbEntry&) = delete;
+  DbEntry& operator=(const DbEntry&) = delete;
 
   // Constant after construction.
   const FileId& id() const { return id_; }

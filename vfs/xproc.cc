@@ -47,6 +47,19 @@ int32_t MyPid() {
   return pid;
 }
 
+// SelfStart() without its getpid() call (MyPid() is refreshed in a forked child): for
+// NoteFileWriter, on every rollback write transaction's lock path.
+uint64_t MyStart() {
+  static std::atomic<int32_t> for_pid{0};
+  static std::atomic<uint64_t> start{0};
+  const int32_t pid = MyPid();
+  if (for_pid.load(std::memory_order_acquire) == pid) return start.load(std::memory_order_relaxed);
+  const uint64_t v = SelfStart();
+  start.store(v, std::memory_order_relaxed);
+  for_pid.store(pid, std::memory_order_release);
+  return v;
+}
+
 void FutexWait(std::atomic<uint32_t>* word, uint32_t seen, int64_t timeout_ns) {
   if (timeout_ns <= 0) return;
   timespec ts{static_cast<time_t>(timeout_ns / 1000000000),
@@ -559,7 +572,7 @@ void CrossProcess::NoteFileWriter(uint64_t ticket, bool held) {
   const uint64_t me =
       (static_cast<uint64_t>(static_cast<uint32_t>(MyPid())) << 32) | static_cast<uint32_t>(ticket);
   if (held) {
-    s->file_writer_start.store(SelfStart(), std::memory_order_relaxed);
+    s->file_writer_start.store(MyStart(), std::memory_order_relaxed);
     s->file_writer.store(me, std::memory_order_release);
   } else {
     // Only its own mark: a mark of a dead process's handle cleared meanwhile, and another
@@ -569,6 +582,13 @@ void CrossProcess::NoteFileWriter(uint64_t ticket, bool held) {
   }
 }
 
+bool CrossProcess::MarkedByOther() const {
+  XShared* s = Shared();
+  if (s == nullptr) return false;
+  const uint64_t w = s->file_writer.load(std::memory_order_acquire);
+  return w != 0 && static_cast<int32_t>(w >> 32) != MyPid();
+}
+
 bool CrossProcess::OtherFileWriter() {
   XShared* s = Shared();
   if (s == nullptr) return false;
@@ -576,8 +596,10 @@ bool CrossProcess::OtherFileWriter() {
   const int32_t pid = static_cast<int32_t>(w >> 32);
   if (w == 0 || pid == MyPid()) return false;
   const uint64_t start = s->file_writer_start.load(std::memory_order_acquire);
-  // The start time read with this very mark (a new mark may have replaced both meanwhile):
-  // unknown (0) otherwise, and then only the pid is checked.
+  // The start time, trusted only if the mark did not change around its read (0: only the pid
+  // is checked). Not a proof that it is this mark's (the stores are not one atomic step), but
+  // a mismatch needs a new mark within the read, and a wrong answer costs one yield or one
+  // wait of kXprocRecheck, never a lost mark: the compare-and-swap below clears only `w`.
   const bool same = s->file_writer.load(std::memory_order_acquire) == w;
   if (ProcessAlive(pid, same ? start : 0)) return true;
   // Killed while holding its lock: its locks went with it.

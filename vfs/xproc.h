@@ -162,7 +162,9 @@ struct XShared {
   // it dead; a WAL request of another process does not wait in the line while it is set
   // (OtherFileWriter). file_writer_start: its process's start time, stored before the mark (a
   // reused pid is not taken for it).
-  std::atomic<uint64_t> file_writer;
+  // Its own cache line: written twice per rollback write transaction, beside hints every
+  // process reads on its lock paths.
+  alignas(64) std::atomic<uint64_t> file_writer;
   std::atomic<uint64_t> file_writer_start;
 };
 
@@ -236,6 +238,9 @@ class CrossProcess {
   // Handle `ticket`'s lock on the database file crossed SHARED (held: now above it).
   // Lock-free: an atomic store on the way up, a compare-and-swap on the way down.
   void NoteFileWriter(uint64_t ticket, bool held);
+  // A mark of another process's handle is set (no liveness check: only atomics, so it may be
+  // called under any mutex). The in-process line looks at it (Coordinator::WatchCrossProcess).
+  bool MarkedByOther() const;
   // Does a live handle of another process hold the database file's lock above SHARED? A WAL
   // request then does not wait for the shared turn, as stock SQLite would not (see Take).
   // Reads /proc when a mark is set: never called with the sidecar's mutex held.
