@@ -756,6 +756,45 @@ TEST(JournalSwitch, AWalConnectionBehindALocalWaiterIsServedBesideTheRollbackWri
   EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
 }
 
+// A mark left in the sidecar by a process killed while it held the write lock (the switcher
+// of the tests above, say) must not make this process's WAL requests yield for good: the first
+// one that yields to it looks at that process and clears the mark (found by review: only the
+// shared line's paths, never taken by a process alone, cleared it).
+TEST(JournalSwitch, AKilledProcesssMarkIsClearedByTheNextYield) {
+  ASSERT_NE(A(), nullptr);
+  sctest::TempDir dir;
+  const std::string path = dir.File("k.db");
+  sctest::Db holder(path);
+  EXPECT_EQ(holder.Text("PRAGMA journal_mode=WAL"), "wal");
+  holder.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1)");
+  xptest::Child dead = xptest::ForkChild([](int) { return 0; });
+  const pid_t dead_pid = dead.pid;
+  ASSERT_EQ(dead.Wait(), 0);  // reaped: its pid names no process now
+  const int fd = open((path + "-safeconc").c_str(), O_RDWR);
+  void* m = fd < 0 ? MAP_FAILED
+                   : mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ | PROT_WRITE,
+                          MAP_SHARED, fd, 0);
+  if (fd >= 0) close(fd);
+  ASSERT_NE(m, MAP_FAILED) << "no sidecar";
+  auto* shared = static_cast<safeconc::xproc::XShared*>(m);
+  shared->file_writer.store((static_cast<uint64_t>(dead_pid) << 32) | 7);
+  holder.Must("BEGIN IMMEDIATE");  // holds the turn: the next WAL write waits for it, or yields
+  sctest::Db wal(path);
+  sqlite3_busy_timeout(wal.get(), 10000);
+  int rc = -1;
+  std::thread inserting(
+      [&] { rc = sqlite3_exec(wal.get(), "INSERT INTO t VALUES (2)", nullptr, nullptr, nullptr); });
+  for (int i = 0; i < 5000 && shared->file_writer.load() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(shared->file_writer.load(), 0u) << "the dead process's mark stayed";
+  holder.Must("COMMIT");
+  inserting.join();
+  EXPECT_EQ(rc, SQLITE_OK);
+  EXPECT_EQ(holder.Int("SELECT count(*) FROM t"), 2);
+  munmap(m, sizeof(safeconc::xproc::XShared));
+}
+
 int main(int argc, char** argv) {
   fault::Register();  // before the extension wraps the default VFS
   ::testing::InitGoogleTest(&argc, argv);

@@ -1,8 +1,6 @@
 // coordinator.cc - see coordinator.h for the model, the mutex rules and the lock order.
 #include "vfs/coordinator.h"
 
-#include "vfs/xproc.h"
-
 #include <algorithm>
 
 #include "vfs/timing.h"

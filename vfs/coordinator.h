@@ -29,11 +29,14 @@
 // Ticket of this coordinator (the ticket's line and reader links, its parked count, arrival,
 // fairness bound and condition variable), which only Coordinator code can reach, through
 // accessors that require mu_. Nothing is called out of this file with mu_ held: no SQLite
-// call, no callback. Lock order: Registry::mu_ before mu_ (diagnostics); mu_ is otherwise a
-// leaf.
+// call, no callback, no mutex; the one exception is CrossProcess::MarkedByOther and Engaged
+// (WatchCrossProcess), which only load atomics. Lock order: Registry::mu_ before mu_
+// (diagnostics); mu_ is otherwise a leaf.
 //
 // Lifetime: shared_ptr, held by the registry entry and by every Ticket, so a busy record
-// left in a thread-local after its file closed can still be inspected safely.
+// left in a thread-local after its file closed can still be inspected safely. The watched
+// CrossProcess is its DbEntry's, deleted after the last handle's Close(): it is read only
+// under mu_, by calls of open handles (a closed ticket's WaitForTurn returns before).
 #ifndef SAFECONC_VFS_COORDINATOR_H
 #define SAFECONC_VFS_COORDINATOR_H
 

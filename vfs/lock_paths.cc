@@ -148,6 +148,12 @@ bool WalReadStartWantsTurn(ShimFile* p) {
 
 void TakeReason(ShimFile* p, unsigned reason) { p->turn_reasons |= reason; }
 
+// A WAL request yielded to a file writer (Coordinator::FileWriterAheadLocked), which may be
+// another process's mark (CrossProcess::MarkedByOther, no liveness check): looks at that
+// process now, outside every mutex, so that the mark of one killed while it held the write
+// lock is cleared, not left to make every later WAL request of this process yield.
+void YieldedToFileWriter(ShimFile* p) { (void)Xp(p).OtherFileWriter(); }
+
 void DropReason(ShimFile* p, unsigned reason) {
   if (reason & kReasonTxn) p->pre_read_turn = p->xproc_pre_read = false;
   if ((p->turn_reasons & reason) == 0) return;
@@ -259,6 +265,7 @@ bool TakeTurnForTxn(ShimFile* p, const char* lock, bool pre_read, bool wal) {
   });
   if (yielded) {
     // Not a timeout: nothing to report, and the lock period goes on as in stock SQLite.
+    YieldedToFileWriter(p);
     c.ReleaseTurn(t);  // held if the shared line was the one yielded
     Xp(p).Cancel(p->handle_id, /*timed_out=*/false);
     c.Cancel(t, Coordinator::CancelWhy::kGaveUp);
@@ -319,7 +326,10 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
       UpgradeShared(p, tid);
       return SQLITE_OK;
     }
-    if (g == Coordinator::Grant::kYielded) return kBaseDecides;
+    if (g == Coordinator::Grant::kYielded) {
+      YieldedToFileWriter(p);
+      return kBaseDecides;
+    }
     NoteRefusal(p, lock, BusyKind::kTurn);
     return SQLITE_BUSY;
   }
@@ -333,7 +343,10 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
       UpgradeShared(p, tid);
       return SQLITE_OK;
     }
-    if (g == Coordinator::Grant::kYielded) return kBaseDecides;
+    if (g == Coordinator::Grant::kYielded) {
+      YieldedToFileWriter(p);
+      return kBaseDecides;
+    }
     if (c.GoPastHolder(t)) {
       // The holder took the turn for a writing statement and may not be at its write lock
       // yet: stock SQLite would grant this write if the base lock is free, and the holder, if
@@ -359,13 +372,19 @@ int TakeTurnForWrite(ShimFile* p, const char* lock, bool will_retry, bool wal) {
       UpgradeShared(p, tid);
       return SQLITE_OK;
     }
-    if (g == Coordinator::Grant::kYielded) return kBaseDecides;
+    if (g == Coordinator::Grant::kYielded) {
+      YieldedToFileWriter(p);
+      return kBaseDecides;
+    }
     NoteRefusal(p, lock, BusyKind::kFinal);
     return SQLITE_BUSY;
   }
   const Coordinator::Grant g = c.TryTurn(t, Coordinator::Ask::kWrite, tid, Fair(p),
                                          /*queue=*/true, /*pre_read=*/false, wal);
-  if (g == Coordinator::Grant::kYielded) return kBaseDecides;
+  if (g == Coordinator::Grant::kYielded) {
+    YieldedToFileWriter(p);
+    return kBaseDecides;
+  }
   if (g == Coordinator::Grant::kGranted) {
     if (TakeShared(p, tid, nullptr)) return SQLITE_OK;
     if (wal && Xp(p).OtherFileWriter()) {
