@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -378,6 +379,86 @@ int64_t CoordinatorNumber(sctest::Db& db, const char* path) {
   return v2test::CoordinatorStat(db.Text("PRAGMA safeconc_stats"), path).value_or(-1);
 }
 
+// A WAL database t(x) holding three rows.
+void CreateWalTable(const std::string& path) {
+  sctest::Db setup(path);
+  EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
+  setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
+}
+
+// Polls `done` every millisecond for up to `ms`; its last answer.
+bool WaitFor(const std::function<bool()>& done, int ms) {
+  for (int i = 0; i < ms; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return done();
+}
+
+// A switch to journal_mode=DELETE held in its window: the switching connection closed the WAL
+// and its version write (rollback mode, the write turn taken) asked for RESERVED, which the
+// lock gate of the test VFS holds below the shim until Release().
+class HeldSwitch {
+ public:
+  explicit HeldSwitch(const std::string& path) : switcher_(path) {
+    sqlite3_busy_timeout(switcher_.get(), 10000);
+    EXPECT_EQ(switcher_.Int("SELECT count(*) FROM t"), 3);
+    fault::CloseLockGate(SQLITE_LOCK_RESERVED);
+    thread_ = std::thread([this] { mode_ = switcher_.Text("PRAGMA journal_mode=DELETE"); });
+    held_ = WaitFor([] { return fault::LocksHeld() != 0; }, 10000) && fault::LocksHeld() == 1;
+    EXPECT_TRUE(held_) << "the version write never asked for RESERVED";
+  }
+  ~HeldSwitch() {
+    fault::OpenLockGate();
+    if (thread_.joinable()) thread_.join();
+  }
+  bool held() const { return held_; }
+  void Release() { fault::OpenLockGate(); }
+  // Waits for the switch to end; the journal mode it reported.
+  std::string Finish() {
+    Release();
+    thread_.join();
+    return mode_;
+  }
+
+ private:
+  sctest::Db switcher_;
+  std::string mode_;
+  std::thread thread_;
+  bool held_ = false;
+};
+
+// The file's sidecar, mapped (XShared, vfs/xproc.h): the tests read and set its mark.
+class MappedSidecar {
+ public:
+  explicit MappedSidecar(const std::string& path) {
+    const int fd = open((path + "-safeconc").c_str(), O_RDWR);
+    if (fd < 0) return;
+    void* m =
+        mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m != MAP_FAILED) s_ = static_cast<safeconc::xproc::XShared*>(m);
+  }
+  ~MappedSidecar() {
+    if (s_ != nullptr) munmap(s_, sizeof(safeconc::xproc::XShared));
+  }
+  safeconc::xproc::XShared* get() const { return s_; }
+  // The mark is a handle of process `pid`.
+  bool MarkedBy(pid_t pid) const {
+    return s_ != nullptr && (s_->file_writer.load() >> 32) == static_cast<uint64_t>(pid);
+  }
+
+ private:
+  safeconc::xproc::XShared* s_ = nullptr;
+};
+
+// The number `key` of the "crossproc" object of `db`'s stats; -1 if absent.
+int64_t CrossprocNumber(sctest::Db& db, const char* key) {
+  const std::string stats = db.Text("PRAGMA safeconc_stats");
+  const size_t at = stats.find("\"crossproc\"");
+  return at == std::string::npos ? -1 : xptest::JsonInt(stats, key, at);
+}
+
 // A switch to journal_mode=DELETE, with another connection opened in its window. The switching
 // connection closes the WAL, then writes the new file format in rollback mode: it takes the
 // write turn for that write (an upgrade, the turn free), and RESERVED, and its commit waits for
@@ -393,26 +474,9 @@ TEST(JournalSwitch, WalConnectionInTheWindowIsServedBesideTheRollbackWrite) {
   ASSERT_NE(A(), nullptr);
   sctest::TempDir dir;
   const std::string path = dir.File("j.db");
-  {
-    sctest::Db setup(path);
-    EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
-    setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
-  }
-  sctest::Db switcher(path);
-  sqlite3_busy_timeout(switcher.get(), 10000);
-  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
-  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
-  std::string mode;
-  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
-  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  if (fault::LocksHeld() != 1) {
-    ADD_FAILURE() << "the version write never asked for RESERVED";
-    fault::OpenLockGate();
-    switching.join();
-    return;
-  }
+  CreateWalTable(path);
+  HeldSwitch sw(path);
+  if (!sw.held()) return;
   auto wal = std::make_unique<sctest::Db>(path);
   sqlite3_busy_timeout(wal->get(), 10000);
   EXPECT_EQ(wal->Int("SELECT count(*) FROM t"), 3);  // opens a new WAL: the header says WAL
@@ -425,139 +489,25 @@ TEST(JournalSwitch, WalConnectionInTheWindowIsServedBesideTheRollbackWrite) {
   // Until the INSERT waits for the turn at its read start (it asks: the turn is busy and the
   // statement writes), then let the version write take RESERVED.
   sctest::Db watch(path);
-  bool parked = false;
-  for (int i = 0; i < 5000 && !parked; ++i) {
-    parked = CoordinatorNumber(watch, "debug.parked") >= 1;
-    if (!parked) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_TRUE(parked) << watch.Text("PRAGMA safeconc_stats");
-  fault::OpenLockGate();
+  EXPECT_TRUE(WaitFor([&] { return CoordinatorNumber(watch, "debug.parked") >= 1; }, 5000))
+      << watch.Text("PRAGMA safeconc_stats");
+  sw.Release();
   inserting.join();
   EXPECT_EQ(insert_rc, SQLITE_OK) << insert_error;
   EXPECT_GE(CoordinatorNumber(watch, "file_writer_yields"), 1)
       << watch.Text("PRAGMA safeconc_stats");
   wal.reset();  // its SHARED lock goes: the switch's commit proceeds
-  switching.join();
-  EXPECT_EQ(mode, "delete");
+  EXPECT_EQ(sw.Finish(), "delete");
   EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
 }
 
-// The same switch with the WAL connection in another process that loads libsafeconc: there
-// the switching connection holds the *shared* turn (vfs/xproc.h) while its commit waits for
-// that connection's SHARED lock, and the sidecar has to tell the other process so
-// (XShared::file_writer). Before it did, the child's INSERT waited for the shared turn at its
-// read start until its busy handler gave up (5 s here; forever with one that never gives up),
-// and only then went on without it.
-TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite) {
-  ASSERT_NE(A(), nullptr);
-  sctest::TempDir dir;
-  const std::string path = dir.File("x.db");
-  {
-    sctest::Db setup(path);
-    EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
-    setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
-  }
-  int go[2];
-  ASSERT_EQ(pipe(go), 0);
-  // The child attaches to the sidecar at once (so this process takes the shared turn for its
-  // write), then waits for the window to open before its first read.
-  xptest::Child child = xptest::ForkChild([&](int out) {
-    close(go[1]);
-    sqlite3* db = nullptr;
-    if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
-                        nullptr) != SQLITE_OK) {
-      return 2;
-    }
-    // A binding's handler that gives up after 50 calls of 100 ms each: it is called while the
-    // INSERT waits (for the turn, or the WAL write lock), so the count tells a wait from none.
-    static int calls = 0;
-    sqlite3_busy_handler(
-        db,
-        [](void*, int n) {
-          ++calls;
-          if (n >= 50) return 0;
-          sqlite3_sleep(100);
-          return 1;
-        },
-        nullptr);
-    char c = 0;
-    if (write(out, "a", 1) != 1 || read(go[0], &c, 1) != 1) return 3;
-    sqlite3_stmt* st = nullptr;
-    int rows = -1;
-    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM t", -1, &st, nullptr) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-      rows = sqlite3_column_int(st, 0);  // opens a new WAL: the header still says WAL
-    }
-    sqlite3_finalize(st);
-    const int rc = sqlite3_exec(db, "INSERT INTO t VALUES (4)", nullptr, nullptr, nullptr);
-    std::string r =
-        std::to_string(rows) + " " + std::to_string(rc) + " " + std::to_string(calls) + " ";
-    if (rc != SQLITE_OK) r += sqlite3_errmsg(db);
-    sqlite3_stmt* q = nullptr;
-    if (sqlite3_prepare_v2(db, "PRAGMA safeconc_stats", -1, &q, nullptr) == SQLITE_OK &&
-        sqlite3_step(q) == SQLITE_ROW) {
-      r += std::to_string(
-          v2test::CoordinatorStat(reinterpret_cast<const char*>(sqlite3_column_text(q, 0)),
-                                  "file_writer_yields")
-              .value_or(-1));
-    }
-    sqlite3_finalize(q);
-    sqlite3_close(db);  // its SHARED lock goes: the switch's commit proceeds
-    return write(out, r.data(), r.size()) == static_cast<ssize_t>(r.size()) ? 0 : 4;
-  });
-  close(go[0]);
-  char c = 0;
-  ASSERT_EQ(read(child.out, &c, 1), 1) << "the child did not open the database";
-  sctest::Db switcher(path);
-  sqlite3_busy_timeout(switcher.get(), 10000);
-  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
-  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
-  std::string mode;
-  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
-  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  const bool asked = fault::LocksHeld() == 1;
-  EXPECT_TRUE(asked) << "the version write never asked for RESERVED";
-  sctest::Db watch(path);
-  const std::string stats = watch.Text("PRAGMA safeconc_stats");
-  // The switcher holds the shared turn (else the child would not wait for it: no proof).
-  const size_t xp = stats.find("\"crossproc\"");
-  EXPECT_EQ(xptest::JsonInt(stats, "pid", stats.find("\"holder\"", xp)), getpid()) << stats;
-  EXPECT_EQ(write(go[1], "g", 1), 1);
-  close(go[1]);
-  // Until the child's INSERT waits in the shared line (its read start: the turn is busy and
-  // the statement writes), then let the version write take RESERVED.
-  bool queued = false;
-  for (int i = 0; i < 5000 && asked && !queued; ++i) {
-    const std::string now = watch.Text("PRAGMA safeconc_stats");
-    queued = xptest::JsonInt(now, "queue_depth", now.find("\"crossproc\"")) >= 1;
-    if (!queued) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_TRUE(queued) << watch.Text("PRAGMA safeconc_stats");
-  fault::OpenLockGate();
-  const std::string report = xptest::ReadAll(child.out);
-  EXPECT_EQ(child.Wait(), 0);
-  int rows = -1, rc = -1, calls = -1, yields = -1;
-  ASSERT_GE(std::sscanf(report.c_str(), "%d %d %d %d", &rows, &rc, &calls, &yields), 3) << report;
-  EXPECT_EQ(rows, 3);
-  EXPECT_EQ(rc, SQLITE_OK) << report;
-  // Once or twice while the version write waits at the gate (then it takes RESERVED, and the
-  // child stops waiting for its turn); 50, for 5 s, when the child waited it out.
-  EXPECT_LT(calls, 25) << report;
-  EXPECT_GE(yields, 1) << report;  // counted by the child, whose requests did not wait
-  switching.join();
-  EXPECT_EQ(mode, "delete");
-  EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
-  EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
-}
-
-// A child process run by one-letter commands on a pipe: 'r' reads (a WAL connection's read
-// start), 'i' runs an INSERT, 'c' closes the connection and reports. Each reply is one line:
-// "<rc> <busy handler calls>". A second connection of the child, opened with the first but
-// used only by 'p' (a read): 'y' starts an INSERT on it in a thread (replies at once), 'w'
-// waits for that INSERT and replies "<rc> 0". 'q' (Finish) closes the second connection and
-// exits.
+// A child process run by one-letter commands on a pipe, each answered by one line
+// "<rc> <number>". Its first connection, whose binding's busy handler gives up after 50 calls
+// of 100 ms each (called while a request waits, so the count tells a wait from none): 'r'
+// reads (a WAL connection's read start), 'i' runs an INSERT, 'c' closes it (each answered with
+// the handler's calls so far), 'f' answers its coordinator's file_writer_yields. A second
+// connection, opened with it: 'p' reads, 'y' starts an INSERT in a thread (answered at once),
+// 'w' waits for that INSERT (answers its rc). 'q' (Finish) closes the second one and exits.
 struct WalChild {
   xptest::Child child;
   int cmd = -1;
@@ -568,20 +518,19 @@ struct WalChild {
     WalChild w;
     w.child = xptest::ForkChild([&](int out) {
       close(in[1]);
+      const std::string uri = "file:" + path;
       sqlite3* db = nullptr;
-      if (sqlite3_open_v2(("file:" + path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
-                          nullptr) != SQLITE_OK) {
-        return 2;
-      }
       sqlite3* second = nullptr;
-      if (sqlite3_open_v2(("file:" + path).c_str(), &second,
-                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr) != SQLITE_OK) {
+      if (sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr) !=
+              SQLITE_OK ||
+          sqlite3_open_v2(uri.c_str(), &second, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr) !=
+              SQLITE_OK) {
         return 2;
       }
       sqlite3_busy_timeout(second, 10000);
       std::thread other;
       int other_rc = -1;
-      static int calls = 0;  // gives up after 50 calls of 100 ms (see the test above)
+      static int calls = 0;
       sqlite3_busy_handler(
           db,
           [](void*, int n) {
@@ -593,11 +542,25 @@ struct WalChild {
           nullptr);
       for (char c = 0; read(in[0], &c, 1) == 1;) {
         int rc = SQLITE_OK;
+        int64_t number = calls;
         if (c == 'r') rc = sqlite3_exec(db, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
         if (c == 'i') rc = sqlite3_exec(db, "INSERT INTO t VALUES (9)", nullptr, nullptr, nullptr);
         if (c == 'c') rc = sqlite3_close(db);
-        if (c == 'p')
+        if (c == 'f') {
+          sqlite3_stmt* q = nullptr;
+          number = -1;
+          if (sqlite3_prepare_v2(db, "PRAGMA safeconc_stats", -1, &q, nullptr) == SQLITE_OK &&
+              sqlite3_step(q) == SQLITE_ROW) {
+            number =
+                v2test::CoordinatorStat(reinterpret_cast<const char*>(sqlite3_column_text(q, 0)),
+                                        "file_writer_yields")
+                    .value_or(-1);
+          }
+          sqlite3_finalize(q);
+        }
+        if (c == 'p') {
           rc = sqlite3_exec(second, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
+        }
         if (c == 'y') {
           other = std::thread([&] {
             other_rc = sqlite3_exec(second, "INSERT INTO t VALUES (8)", nullptr, nullptr, nullptr);
@@ -605,8 +568,8 @@ struct WalChild {
         }
         if ((c == 'w' || c == 'q') && other.joinable()) other.join();
         if (c == 'q') return sqlite3_close(second) == SQLITE_OK ? 0 : 5;
-        const std::string r = std::to_string(c == 'w' ? other_rc : rc) + " " +
-                              std::to_string(c == 'w' ? 0 : calls) + "\n";
+        if (c == 'w') rc = other_rc;
+        const std::string r = std::to_string(rc) + " " + std::to_string(number) + "\n";
         if (write(out, r.data(), r.size()) != static_cast<ssize_t>(r.size())) return 3;
       }
       return 4;
@@ -615,21 +578,69 @@ struct WalChild {
     w.cmd = in[1];
     return w;
   }
-  // Runs one command; returns its reply ("" if the child is gone).
-  std::string Do(char c) {
-    if (write(cmd, &c, 1) != 1) return "";
+  // Sends one command; Reply() reads its answer ("" if the child is gone).
+  void Send(char c) {
+    if (write(cmd, &c, 1) != 1) ADD_FAILURE() << "the child is gone";
+  }
+  std::string Reply() {
     std::string line;
     for (char ch = 0; read(child.out, &ch, 1) == 1 && ch != '\n';) line += ch;
     return line;
   }
-  // 'q': waits for the second connection's INSERT if one was started, closes it, exits.
+  std::string Do(char c) {
+    Send(c);
+    return Reply();
+  }
   int Finish() {
-    const char q = 'q';
-    if (write(cmd, &q, 1) != 1) return -1;
+    Send('q');
     close(cmd);
     return child.Wait();
   }
 };
+
+// "<rc> <calls>" -> calls, checking rc; -1 if unreadable.
+int CallsOfOk(const std::string& reply) {
+  int rc = -1, calls = -1;
+  if (std::sscanf(reply.c_str(), "%d %d", &rc, &calls) != 2) return -1;
+  EXPECT_EQ(rc, SQLITE_OK) << reply;
+  return calls;
+}
+
+// The same switch with the WAL connection in another process that loads libsafeconc: there
+// the switching connection holds the *shared* turn (vfs/xproc.h) while its commit waits for
+// that connection's SHARED lock, and the sidecar has to tell the other process so
+// (XShared::file_writer). Before it did, the child's INSERT waited for the shared turn at its
+// read start until its busy handler gave up (51 calls, 5 s here; forever with one that never
+// gives up), and only then went on without it. Its INSERT waits in the shared line before the
+// mark appears: the mark must reach a parked waiter too.
+TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite) {
+  ASSERT_NE(A(), nullptr);
+  sctest::TempDir dir;
+  const std::string path = dir.File("x.db");
+  CreateWalTable(path);
+  WalChild child = WalChild::Start(path);  // attached: this process takes the shared turn
+  {
+    HeldSwitch sw(path);
+    sctest::Db watch(path);
+    // The switcher holds the shared turn (else the child would not wait for it: no proof).
+    EXPECT_EQ(CrossprocNumber(watch, "pid"), getpid()) << watch.Text("PRAGMA safeconc_stats");
+    EXPECT_EQ(child.Do('r'), "0 0");  // opens a new WAL: the header still says WAL
+    child.Send('i');
+    // Until its INSERT waits in the shared line (its read start: the turn is busy and the
+    // statement writes), then let the version write take RESERVED.
+    EXPECT_TRUE(WaitFor([&] { return CrossprocNumber(watch, "queue_depth") >= 1; }, 5000))
+        << watch.Text("PRAGMA safeconc_stats");
+    sw.Release();
+    // Once or twice while the version write waits at the gate; 51 when the child waited.
+    EXPECT_LT(CallsOfOk(child.Reply()), 25);
+    EXPECT_GE(CallsOfOk(child.Do('f')), 1);  // its requests did not wait: file_writer_yields
+    child.Do('c');                           // its SHARED lock goes: the switch's commit proceeds
+    EXPECT_EQ(sw.Finish(), "delete");
+    EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
+    EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
+  }
+  EXPECT_EQ(child.Finish(), 0);
+}
 
 // The one mark the sidecar has must stay the switcher's while a WAL connection of a third
 // process closes in the window: its close asks SHARED->EXCLUSIVE once, is refused (PENDING is
@@ -640,54 +651,29 @@ TEST(JournalSwitch, AClosingWalConnectionKeepsTheWritersMark) {
   ASSERT_NE(A(), nullptr);
   sctest::TempDir dir;
   const std::string path = dir.File("y.db");
-  {
-    sctest::Db setup(path);
-    EXPECT_EQ(setup.Text("PRAGMA journal_mode=WAL"), "wal");
-    setup.Must("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)");
-  }
+  CreateWalTable(path);
   WalChild inserter = WalChild::Start(path);
   WalChild closer = WalChild::Start(path);
-  sctest::Db switcher(path);
-  sqlite3_busy_timeout(switcher.get(), 10000);
-  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
-  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
-  std::string mode;
-  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
-  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  {
+    HeldSwitch sw(path);
+    // Both read in the window (a new WAL; each keeps SHARED), then the version write goes on
+    // to its commit, which waits for their SHARED locks.
+    EXPECT_EQ(inserter.Do('r'), "0 0");
+    EXPECT_EQ(closer.Do('r'), "0 0");
+    sw.Release();
+    MappedSidecar sidecar(path);
+    ASSERT_NE(sidecar.get(), nullptr) << "no sidecar";
+    EXPECT_TRUE(WaitFor([&] { return sidecar.MarkedBy(getpid()); }, 10000))
+        << "the switcher's RESERVED is not in the sidecar";
+    EXPECT_EQ(closer.Do('c'), "0 0");  // its close: EXCLUSIVE refused, then unlocked
+    EXPECT_TRUE(sidecar.MarkedBy(getpid()))
+        << "the closing connection's refused EXCLUSIVE took the mark away";
+    EXPECT_LT(CallsOfOk(inserter.Do('i')), 25) << "the INSERT waited for the shared turn";
+    inserter.Do('c');
+    EXPECT_EQ(sw.Finish(), "delete");
   }
-  EXPECT_EQ(fault::LocksHeld(), 1) << "the version write never asked for RESERVED";
-  // Both read in the window (a new WAL; each keeps SHARED), then the version write goes on
-  // to its commit, which waits for their SHARED locks.
-  EXPECT_EQ(inserter.Do('r'), "0 0");
-  EXPECT_EQ(closer.Do('r'), "0 0");
-  fault::OpenLockGate();
-  const int fd = open((path + "-safeconc").c_str(), O_RDWR);
-  void* m = fd < 0 ? MAP_FAILED
-                   : mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ | PROT_WRITE,
-                          MAP_SHARED, fd, 0);
-  if (fd >= 0) close(fd);
-  ASSERT_NE(m, MAP_FAILED) << "no sidecar";
-  auto* shared = static_cast<safeconc::xproc::XShared*>(m);
-  const uint64_t mark = static_cast<uint64_t>(getpid()) << 32;
-  auto marked = [&] { return (shared->file_writer.load() >> 32 << 32) == mark; };
-  for (int i = 0; i < 10000 && !marked(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_TRUE(marked()) << "the switcher's RESERVED is not in the sidecar";
-  EXPECT_EQ(closer.Do('c'), "0 0");  // its close: EXCLUSIVE refused, then unlocked
   EXPECT_EQ(closer.Finish(), 0);
-  EXPECT_TRUE(marked()) << "the closing connection's refused EXCLUSIVE took the mark away";
-  const std::string insert = inserter.Do('i');
-  int rc = -1, calls = -1;
-  ASSERT_EQ(std::sscanf(insert.c_str(), "%d %d", &rc, &calls), 2) << insert;
-  EXPECT_EQ(rc, SQLITE_OK);
-  EXPECT_LT(calls, 25) << "the INSERT waited for the switcher's shared turn";
-  EXPECT_EQ(inserter.Do('c'), "0 " + std::to_string(calls));
   EXPECT_EQ(inserter.Finish(), 0);
-  switching.join();
-  EXPECT_EQ(mode, "delete");
-  munmap(m, sizeof(safeconc::xproc::XShared));
   sctest::Db watch(path);
   EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 4);
   EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
@@ -708,52 +694,26 @@ TEST(JournalSwitch, AWalConnectionBehindALocalWaiterIsServedBesideTheRollbackWri
   WalChild child = WalChild::Start(path);
   EXPECT_EQ(child.Do('p'), "0 0");  // the second connection, in rollback mode
   EXPECT_EQ(sctest::Db(path).Text("PRAGMA journal_mode=WAL"), "wal");
-  sctest::Db switcher(path);
-  sqlite3_busy_timeout(switcher.get(), 10000);
-  EXPECT_EQ(switcher.Int("SELECT count(*) FROM t"), 3);
-  fault::CloseLockGate(SQLITE_LOCK_RESERVED);
-  std::string mode;
-  std::thread switching([&] { mode = switcher.Text("PRAGMA journal_mode=DELETE"); });
-  for (int i = 0; i < 10000 && fault::LocksHeld() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  {
+    HeldSwitch sw(path);
+    EXPECT_EQ(child.Do('r'), "0 0");  // the WAL connection: a new WAL, SHARED kept
+    EXPECT_EQ(child.Do('y'), "0 0");  // the other connection's INSERT: the shared line
+    sctest::Db watch(path);
+    EXPECT_TRUE(WaitFor([&] { return CrossprocNumber(watch, "queue_depth") >= 1; }, 5000))
+        << watch.Text("PRAGMA safeconc_stats");
+    sw.Release();
+    MappedSidecar sidecar(path);
+    ASSERT_NE(sidecar.get(), nullptr) << "no sidecar";
+    EXPECT_TRUE(WaitFor([&] { return sidecar.MarkedBy(getpid()); }, 10000))
+        << "the switcher's RESERVED is not in the sidecar";
+    EXPECT_LT(CallsOfOk(child.Do('i')), 25) << "the INSERT waited behind its process's waiter";
+    child.Do('c');                    // its SHARED lock goes: the switch commits
+    EXPECT_EQ(child.Do('w'), "0 0");  // then the other INSERT
+    EXPECT_EQ(sw.Finish(), "delete");
+    EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 5);
+    EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
   }
-  EXPECT_EQ(fault::LocksHeld(), 1) << "the version write never asked for RESERVED";
-  EXPECT_EQ(child.Do('r'), "0 0");  // the WAL connection: a new WAL, SHARED kept
-  EXPECT_EQ(child.Do('y'), "0 0");  // the other connection's INSERT: the shared line
-  sctest::Db watch(path);
-  bool queued = false;
-  for (int i = 0; i < 5000 && !queued; ++i) {
-    const std::string now = watch.Text("PRAGMA safeconc_stats");
-    queued = xptest::JsonInt(now, "queue_depth", now.find("\"crossproc\"")) >= 1;
-    if (!queued) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_TRUE(queued) << watch.Text("PRAGMA safeconc_stats");
-  fault::OpenLockGate();
-  const int fd = open((path + "-safeconc").c_str(), O_RDONLY);
-  void* m = fd < 0 ? MAP_FAILED
-                   : mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ, MAP_SHARED, fd, 0);
-  if (fd >= 0) close(fd);
-  ASSERT_NE(m, MAP_FAILED) << "no sidecar";
-  auto* shared = static_cast<safeconc::xproc::XShared*>(m);
-  const uint64_t mark = static_cast<uint64_t>(getpid()) << 32;
-  auto marked = [&] { return (shared->file_writer.load() >> 32 << 32) == mark; };
-  for (int i = 0; i < 10000 && !marked(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_TRUE(marked()) << "the switcher's RESERVED is not in the sidecar";
-  const std::string insert = child.Do('i');
-  int rc = -1, calls = -1;
-  ASSERT_EQ(std::sscanf(insert.c_str(), "%d %d", &rc, &calls), 2) << insert;
-  EXPECT_EQ(rc, SQLITE_OK);
-  EXPECT_LT(calls, 25) << "the INSERT waited behind its process's waiter";
-  EXPECT_EQ(child.Do('c'), "0 " + std::to_string(calls));  // SHARED goes: the switch commits
-  EXPECT_EQ(child.Do('w'), "0 0");                         // then the other INSERT
   EXPECT_EQ(child.Finish(), 0);
-  switching.join();
-  EXPECT_EQ(mode, "delete");
-  munmap(m, sizeof(safeconc::xproc::XShared));
-  EXPECT_EQ(watch.Int("SELECT count(*) FROM t"), 5);  // and the other connection's INSERT
-  EXPECT_EQ(watch.Text("PRAGMA integrity_check"), "ok");
 }
 
 // A mark left in the sidecar by a process killed while it held the write lock (the switcher
@@ -770,29 +730,21 @@ TEST(JournalSwitch, AKilledProcesssMarkIsClearedByTheNextYield) {
   xptest::Child dead = xptest::ForkChild([](int) { return 0; });
   const pid_t dead_pid = dead.pid;
   ASSERT_EQ(dead.Wait(), 0);  // reaped: its pid names no process now
-  const int fd = open((path + "-safeconc").c_str(), O_RDWR);
-  void* m = fd < 0 ? MAP_FAILED
-                   : mmap(nullptr, sizeof(safeconc::xproc::XShared), PROT_READ | PROT_WRITE,
-                          MAP_SHARED, fd, 0);
-  if (fd >= 0) close(fd);
-  ASSERT_NE(m, MAP_FAILED) << "no sidecar";
-  auto* shared = static_cast<safeconc::xproc::XShared*>(m);
-  shared->file_writer.store((static_cast<uint64_t>(dead_pid) << 32) | 7);
+  MappedSidecar sidecar(path);
+  ASSERT_NE(sidecar.get(), nullptr) << "no sidecar";
+  sidecar.get()->file_writer.store((static_cast<uint64_t>(dead_pid) << 32) | 7);
   holder.Must("BEGIN IMMEDIATE");  // holds the turn: the next WAL write waits for it, or yields
   sctest::Db wal(path);
   sqlite3_busy_timeout(wal.get(), 10000);
   int rc = -1;
   std::thread inserting(
       [&] { rc = sqlite3_exec(wal.get(), "INSERT INTO t VALUES (2)", nullptr, nullptr, nullptr); });
-  for (int i = 0; i < 5000 && shared->file_writer.load() != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_EQ(shared->file_writer.load(), 0u) << "the dead process's mark stayed";
+  EXPECT_TRUE(WaitFor([&] { return sidecar.get()->file_writer.load() == 0; }, 5000))
+      << "the dead process's mark stayed";
   holder.Must("COMMIT");
   inserting.join();
   EXPECT_EQ(rc, SQLITE_OK);
   EXPECT_EQ(holder.Int("SELECT count(*) FROM t"), 2);
-  munmap(m, sizeof(safeconc::xproc::XShared));
 }
 
 int main(int argc, char** argv) {
