@@ -508,6 +508,7 @@ TEST(JournalSwitch, WalConnectionInTheWindowIsServedBesideTheRollbackWrite) {
 // the handler's calls so far), 'f' answers its coordinator's file_writer_yields. A second
 // connection, opened with it: 'p' reads, 'y' starts an INSERT in a thread (answered at once),
 // 'w' waits for that INSERT (answers its rc). 'q' (Finish) closes the second one and exits.
+// Start() returns once both are open.
 struct WalChild {
   xptest::Child child;
   int cmd = -1;
@@ -540,6 +541,9 @@ struct WalChild {
             return 1;
           },
           nullptr);
+      // Open (and attached to the sidecar): Start() returns only now, so the parent's next
+      // write takes the shared turn.
+      if (write(out, "0 0\n", 4) != 4) return 3;
       for (char c = 0; read(in[0], &c, 1) == 1;) {
         int rc = SQLITE_OK;
         int64_t number = calls;
@@ -576,6 +580,7 @@ struct WalChild {
     });
     close(in[0]);
     w.cmd = in[1];
+    EXPECT_EQ(w.Reply(), "0 0") << "the child did not open the database";
     return w;
   }
   // Sends one command; Reply() reads its answer ("" if the child is gone).
