@@ -507,8 +507,8 @@ TEST(JournalSwitch, WalConnectionInTheWindowIsServedBesideTheRollbackWrite) {
 // reads (a WAL connection's read start), 'i' runs an INSERT, 'c' closes it (each answered with
 // the handler's calls so far), 'f' answers its coordinator's file_writer_yields. A second
 // connection, opened with it: 'p' reads, 'y' starts an INSERT in a thread (answered at once),
-// 'w' waits for that INSERT (answers its rc). 'q' (Finish) closes the second one and exits.
-// Start() returns once both are open.
+// 'w' waits for that INSERT (answers its rc); these three answer 0 as their number. 'q' (Finish)
+// closes the second one and exits. Start() returns once both are open.
 struct WalChild {
   xptest::Child child;
   int cmd = -1;
@@ -546,7 +546,7 @@ struct WalChild {
       if (write(out, "0 0\n", 4) != 4) return 3;
       for (char c = 0; read(in[0], &c, 1) == 1;) {
         int rc = SQLITE_OK;
-        int64_t number = calls;
+        int64_t number = 0;
         if (c == 'r') rc = sqlite3_exec(db, "SELECT count(*) FROM t", nullptr, nullptr, nullptr);
         if (c == 'i') rc = sqlite3_exec(db, "INSERT INTO t VALUES (9)", nullptr, nullptr, nullptr);
         if (c == 'c') rc = sqlite3_close(db);
@@ -573,6 +573,7 @@ struct WalChild {
         if ((c == 'w' || c == 'q') && other.joinable()) other.join();
         if (c == 'q') return sqlite3_close(second) == SQLITE_OK ? 0 : 5;
         if (c == 'w') rc = other_rc;
+        if (c == 'r' || c == 'i' || c == 'c') number = calls;  // after the command
         const std::string r = std::to_string(rc) + " " + std::to_string(number) + "\n";
         if (write(out, r.data(), r.size()) != static_cast<ssize_t>(r.size())) return 3;
       }
@@ -615,9 +616,9 @@ int CallsOfOk(const std::string& reply) {
 // the switching connection holds the *shared* turn (vfs/xproc.h) while its commit waits for
 // that connection's SHARED lock, and the sidecar has to tell the other process so
 // (XShared::file_writer). Before it did, the child's INSERT waited for the shared turn at its
-// read start until its busy handler gave up (5 s here; forever with one that never gives up),
-// and only then went on without it. Its INSERT waits in the shared line before the mark
-// appears: the mark must reach a parked waiter too.
+// read start until its busy handler gave up (51 calls, 5 s here; forever with one that never
+// gives up), and only then went on without it. Its INSERT waits in the shared line before the
+// mark appears: the mark must reach a parked waiter too.
 TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite) {
   ASSERT_NE(A(), nullptr);
   sctest::TempDir dir;
@@ -636,10 +637,8 @@ TEST(JournalSwitch, WalConnectionInAnotherProcessIsServedBesideTheRollbackWrite)
     EXPECT_TRUE(WaitFor([&] { return CrossprocNumber(watch, "queue_depth") >= 1; }, 5000))
         << watch.Text("PRAGMA safeconc_stats");
     sw.Release();
-    // Once or twice while the version write waits at the gate. Without the mark the INSERT
-    // waits 5 s, but in this form of the test (the INSERT sent before the gate opens) with
-    // fewer than 25 handler calls (not traced), so the proof is the next line: the child's
-    // requests yielded (file_writer_yields), which they do only to a mark.
+    // Once or twice while the version write waits at the gate; 51 when the child waited. And
+    // the child's requests yielded (file_writer_yields), which they do only to a mark.
     EXPECT_LT(CallsOfOk(child.Reply()), 25);
     EXPECT_GE(CallsOfOk(child.Do('f')), 1);
     child.Do('c');  // its SHARED lock goes: the switch's commit proceeds
